@@ -1,0 +1,20 @@
+// Package redirect loads and manages the eBPF programs that send
+// connections for the instance metadata address to the local proxy and
+// remember which cgroup made each one.
+package redirect
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// Record is what the kernel remembered about one redirected connection.
+type Record struct {
+	CgroupID    uint64         // bpf_get_current_cgroup_id() of the connecting task
+	NetnsCookie uint64         // bpf_get_netns_cookie() of its socket
+	HostNetns   bool           // NetnsCookie equals the host's
+	OrigDst     netip.AddrPort // what the application dialled
+}
+
+// ErrNoRecord means the kernel holds no record for that peer address.
+var ErrNoRecord = errors.New("no redirect record")
