@@ -3,6 +3,8 @@ package config
 import (
 	"bytes"
 	"errors"
+	"flag"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -110,4 +112,23 @@ func TestUsageListsEveryFlagWithEnv(t *testing.T) {
 			t.Errorf("usage lacks %q", want)
 		}
 	}
+}
+
+func TestReferenceDocumentsEveryFlag(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fs, err := Parse("pdr", nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		for _, want := range []string{"`--" + f.Name + "`", "`" + EnvName(f.Name) + "`"} {
+			if !strings.Contains(string(doc), want) {
+				t.Errorf("docs/configuration.md does not mention %s", want)
+			}
+		}
+	})
 }
