@@ -65,6 +65,8 @@ type RAConfig struct {
 
 	// MaxDuration is the profile's session length cap (default 12h, the
 	// API maximum); longer requests are clamped to it, as the service does.
+	// Values under 15 minutes are a test knob: they make the helper refresh
+	// (call CreateSession) on every GET.
 	MaxDuration time.Duration
 	// DefaultDuration applies when the body has no durationSeconds (1h).
 	DefaultDuration time.Duration

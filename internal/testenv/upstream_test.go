@@ -251,3 +251,25 @@ func TestNewUpstreamRefusesNonLoopback(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamHelperRefreshesShortSessions: with a session shorter than the
+// helper's 10-minute refresh window (the profile cap clamps it to 5 min),
+// every GET makes a CreateSession call and serves a new key (DESIGN.md §2).
+func TestUpstreamHelperRefreshesShortSessions(t *testing.T) {
+	t.Parallel()
+	u := testenv.StartUpstream(t, testenv.UpstreamConfig{MaxDuration: 5 * time.Minute, SessionDuration: 15 * time.Minute})
+	c := newIMDSClient(t, u.HelperURL)
+	seen := map[string]bool{}
+	start := u.RA.Stats().Sessions
+	const gets = 3
+	for range gets {
+		rc := c.creds("pdr-base")
+		if left := time.Until(rc.Expiration); left > 5*time.Minute || left < 4*time.Minute {
+			t.Fatalf("served expiration in %s, want about 5m", left)
+		}
+		seen[rc.AccessKeyId] = true
+	}
+	if got := u.RA.Stats().Sessions - start; got != gets || len(seen) != gets {
+		t.Fatalf("%d GETs made %d CreateSession calls and served %d distinct keys, want %d each", gets, got, len(seen), gets)
+	}
+}
