@@ -147,9 +147,18 @@ func (d *Dockerd) ping() error {
 	return err
 }
 
-// Kill sends SIGKILL to dockerd and waits for it to exit, like a crash.
-// Its containerd and containers keep running; Start picks them up.
-func (d *Dockerd) Kill() { d.signalAndWait(syscall.SIGKILL, 30*time.Second) }
+// Kill sends SIGKILL to dockerd, like a crash of the engine. Its
+// supervised containerd dies with it (dockerd starts it with a parent-death
+// signal) but can linger as a zombie, which the next dockerd would take for
+// a live containerd and wait on until it times out; so Kill waits for it to
+// die and removes its pidfile. The containers' shims keep running, and the
+// next Start restores (without live-restore: stops) their containers.
+func (d *Dockerd) Kill() {
+	d.signalAndWait(syscall.SIGKILL, 30*time.Second)
+	pidfile := filepath.Join(d.dir, "exec", "containerd", "containerd.pid")
+	killPidfile(pidfile, syscall.SIGKILL)
+	_ = os.Remove(pidfile)
+}
 
 // Stop stops dockerd gracefully (SIGTERM: it stops its containers), and
 // kills it if it takes more than 30s.
@@ -214,8 +223,10 @@ func (d *Dockerd) cleanup() {
 		}
 	}
 	d.Stop()
-	// A dockerd that was killed leaves its supervised containerd running.
-	killPidfile(filepath.Join(d.dir, "exec", "containerd", "containerd.pid"))
+	// A dockerd that was killed leaves its supervised containerd running,
+	// and shims (with their containers) whose dockerd could not stop them.
+	killPidfile(filepath.Join(d.dir, "exec", "containerd", "containerd.pid"), syscall.SIGTERM)
+	killShims(d.t, d.dir)
 	unmountUnder(d.dir)
 	if err := os.RemoveAll(d.dir); err != nil {
 		d.t.Logf("remove private dockerd dir %s: %v", d.dir, err)
@@ -234,7 +245,10 @@ func removeAllContainers(cli *client.Client) {
 	}
 }
 
-func killPidfile(path string) {
+// killPidfile signals the containerd named by a pidfile (only if its
+// command line names the pidfile's directory) and waits up to 5s for it
+// to exit or become a zombie.
+func killPidfile(path string, sig syscall.Signal) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return
@@ -243,19 +257,32 @@ func killPidfile(path string) {
 	if err != nil || pid <= 1 {
 		return
 	}
-	// Only if it still is a containerd started with our paths.
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if !strings.Contains(string(cmdline), filepath.Dir(path)) {
 		return
 	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
+	_ = syscall.Kill(pid, sig)
 	for range 100 {
-		if syscall.Kill(pid, 0) != nil {
+		if !running(pid) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) S ...: the state follows the last ')'.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z' && s[i+2] != 'X'
+	}
+	return true
 }
 
 // unmountUnder detaches every mount below dir (netns bind mounts and the
@@ -277,5 +304,52 @@ func unmountUnder(dir string) {
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
 	for _, m := range mounts {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+}
+
+// killShims kills containerd shims started for this engine (their command
+// line names its directory) together with the container processes below
+// them, and removes the containers' now empty cgroups. It only runs when a
+// test left the engine unable to stop its own containers.
+func killShims(t testing.TB, dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.HasSuffix(args[0], "containerd-shim-runc-v2") || !strings.Contains(string(b), dir+"/") {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if err != nil {
+			continue
+		}
+		id := ""
+		for i, a := range args {
+			if a == "-id" && i+1 < len(args) {
+				id = args[i+1]
+			}
+		}
+		t.Logf("private dockerd cleanup: killing leftover shim %d for container %s", pid, id)
+		children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, c := range strings.Fields(string(children)) {
+			if cp, err := strconv.Atoi(c); err == nil && cp > 1 {
+				_ = syscall.Kill(cp, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if id != "" && !strings.ContainsAny(id, "/.") {
+			dirs, _ := filepath.Glob("/sys/fs/cgroup/*/docker/" + id)
+			if st, err := os.Stat("/sys/fs/cgroup/docker/" + id); err == nil && st.IsDir() {
+				dirs = append(dirs, "/sys/fs/cgroup/docker/"+id)
+			}
+			time.Sleep(200 * time.Millisecond)
+			for _, cg := range dirs {
+				_ = os.Remove(cg)
+			}
+		}
 	}
 }
