@@ -213,13 +213,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s=%s\n", k, shellQuote(env[k]))
 	}
-	if _, err := io.WriteString(stdout, b.String()); err != nil {
-		return fmt.Errorf("print settings: %w", err)
-	}
+	// The env file first: a reader of stdout may read it as soon as it sees the lines.
 	if c.EnvFile != "" {
 		if err := os.WriteFile(c.EnvFile, []byte(b.String()), 0o644); err != nil {
 			return fmt.Errorf("write --env-file %s: %w", c.EnvFile, err)
 		}
+	}
+	if _, err := io.WriteString(stdout, b.String()); err != nil {
+		return fmt.Errorf("print settings: %w", err)
 	}
 	log.Info("fakes ready; Ctrl-C to stop", zap.String("rolesanywhere", u.RAURL), zap.String("sts", u.STSURL),
 		zap.Bool("helper_started", c.StartHelper != ""))
