@@ -275,3 +275,5 @@ func (h *harness) dial(t testing.TB, who string) net.Conn {
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
