@@ -197,6 +197,7 @@ func imdsRaw(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	hc := &http.Client{Timeout: callTimeout}
 	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false) // print "<redacted>" as is
 	sub, arg := args[0], args[1]
 	var (
 		res rawResult

@@ -317,7 +317,7 @@ func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
 					t.Errorf("line %d = %+v, want sdk %s attempt %d", i, l, sdk, i+1)
 				}
 			}
-			assertNoSecrets(t, store, c.IssuedKeys, stdout+stderr)
+			assertNoSecrets(t, store, c.IssuedKeys, stdout+stderr, false)
 			tc.check(t, lines, c)
 		})
 	}
@@ -376,8 +376,8 @@ func wantSameKey(t *testing.T, l []line, same bool) {
 }
 
 // assertNoSecrets fails if any secret or session token of the issued keys
-// appears in the output.
-func assertNoSecrets(t *testing.T, store *fakeaws.Store, keys []string, out string) {
+// appears in the output (or a full access key id, unless keyIDs).
+func assertNoSecrets(t *testing.T, store *fakeaws.Store, keys []string, out string, keyIDs bool) {
 	t.Helper()
 	for _, k := range keys {
 		is, ok := store.Lookup(k)
@@ -387,7 +387,7 @@ func assertNoSecrets(t *testing.T, store *fakeaws.Store, keys []string, out stri
 		if strings.Contains(out, is.SecretAccessKey) || strings.Contains(out, is.SessionToken) {
 			t.Errorf("client output contains the secret or session token of %s", k[:8])
 		}
-		if strings.Contains(out, k) {
+		if !keyIDs && strings.Contains(out, k) {
 			t.Errorf("client output contains the full access key id %s...", k[:8])
 		}
 	}
@@ -398,4 +398,103 @@ func tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// TestGoClientIMDSRaw checks the hand-rolled protocol modes the e2e
+// scenarios use, against the strict IMDS fake: status codes, exit codes,
+// and that credential bodies are printed with secrets redacted.
+func TestGoClientIMDSRaw(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	testenv.Blackhole(t)
+	cli := dockerClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	im, err := GoImage(ctx, cli)
+	if err != nil {
+		t.Fatalf("build go image: %v", err)
+	}
+	netName, gw := testNetwork(t, cli)
+	store := fakeaws.NewStore(nil)
+
+	cases := []struct {
+		name      string
+		args      []string
+		exit      int
+		status    int    // 0: the output is a bare token, not JSON
+		body      string // substring the printed body must contain
+		wantTTLs  []int
+		tokenless int
+		xff       int
+		credGETs  int
+	}{
+		{name: "token", args: []string{"imds-raw", "token", "60"}, wantTTLs: []int{60}},
+		{name: "token-bad-ttl", args: []string{"imds-raw", "token", "0"}, exit: 1, status: 400, body: "bad ttl"},
+		{name: "get-list", args: []string{"imds-raw", "get", credsPrefix}, status: 200, body: testRole, wantTTLs: []int{60}},
+		{
+			name: "get-creds", args: []string{"imds-raw", "get", credsPrefix + testRole}, status: 200,
+			body: `"SecretAccessKey":"<redacted>"`, wantTTLs: []int{60}, credGETs: 1,
+		},
+		{name: "get-foreign-token", args: []string{"imds-raw", "get", credsPrefix, "not-a-token"}, exit: 1, status: 401, tokenless: 1},
+		{name: "v1", args: []string{"imds-raw", "v1", credsPrefix + testRole}, exit: 1, status: 401, tokenless: 1},
+		{name: "xff-get", args: []string{"imds-raw", "xff", credsPrefix}, exit: 1, status: 403, wantTTLs: []int{60}, xff: 1},
+		{name: "xff-token", args: []string{"imds-raw", "xff", "/latest/api/token"}, exit: 1, status: 403, xff: 1},
+		{name: "bad-usage", args: []string{"imds-raw", "nope", "x"}, exit: 2, status: -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			imds := newFakeIMDS(store, time.Hour)
+			env := []string{"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + serveOn(t, gw, imds)}
+			stdout, stderr, code := runClient(t, cli, im.Tag, netName, env, tc.args)
+			c := imds.counts()
+			t.Logf("%v: exit %d\nstdout: %s\nstderr: %s", tc.args, code, stdout, stderr)
+			if code != tc.exit {
+				t.Errorf("exit code = %d, want %d", code, tc.exit)
+			}
+			switch tc.status {
+			case -1: // usage error: nothing on stdout
+				if stdout != "" {
+					t.Errorf("stdout = %q, want empty", stdout)
+				}
+			case 0:
+				tok := strings.TrimSpace(stdout)
+				imds.mu.Lock()
+				_, ok := imds.tokens[tok]
+				imds.mu.Unlock()
+				if !ok {
+					t.Errorf("printed token %q was not minted by the fake", tok)
+				}
+			default:
+				var r struct {
+					Status int    `json:"status"`
+					Body   string `json:"body"`
+				}
+				if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+					t.Fatalf("output %q: %v", stdout, err)
+				}
+				if r.Status != tc.status || !strings.Contains(r.Body, tc.body) {
+					t.Errorf("got status %d body %q, want %d containing %q", r.Status, r.Body, tc.status, tc.body)
+				}
+			}
+			if !equalInts(c.TTLs, tc.wantTTLs) || c.Tokenless != tc.tokenless || c.XFF != tc.xff || c.CredGETs != tc.credGETs {
+				t.Errorf("fake saw TTLs %v tokenless %d xff %d credential GETs %d, want %v %d %d %d",
+					c.TTLs, c.Tokenless, c.XFF, c.CredGETs, tc.wantTTLs, tc.tokenless, tc.xff, tc.credGETs)
+			}
+			// Raw bodies keep the access key id (not a secret; scenarios
+			// compare keys between containers).
+			assertNoSecrets(t, store, c.IssuedKeys, stdout+stderr, true)
+		})
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
