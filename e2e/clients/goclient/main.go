@@ -74,9 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err != nil || n < 1 || n > 1000 {
 			return usage(stderr, "loop: N must be 1..1000")
 		}
-		d, err := time.ParseDuration(args[1])
+		d, err := parseInterval(args[1])
 		if err != nil || d < 0 || d > time.Hour {
-			return usage(stderr, "loop: INTERVAL must be a duration such as 2s")
+			return usage(stderr, "loop: INTERVAL must be a duration such as 2s or 500ms, or seconds")
 		}
 		return loop(ctx, n, d, stdout)
 	case "imds-raw":
@@ -84,6 +84,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		return usage(stderr, "unknown mode "+mode)
 	}
+}
+
+// parseInterval accepts a Go duration or plain seconds ("2.5"), as the
+// Python client does.
+func parseInterval(s string) (time.Duration, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, fmt.Errorf("interval %q: %w", s, err)
+	}
+	return time.Duration(f * float64(time.Second)), nil
 }
 
 func usage(w io.Writer, msg string) int {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCleanRedactsThenTruncates(t *testing.T) {
@@ -40,6 +41,26 @@ func TestUsageErrors(t *testing.T) {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), args, &out, &errb); code != 2 || out.Len() != 0 || !strings.Contains(errb.String(), "usage:") {
 			t.Errorf("run(%q) = %d, stdout %q, stderr %q; want 2, nothing, usage", args, code, out.String(), errb.String())
+		}
+	}
+}
+
+func TestParseInterval(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"2s", 2 * time.Second, true},
+		{"500ms", 500 * time.Millisecond, true},
+		{"2.5", 2500 * time.Millisecond, true},
+		{"soon", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseInterval(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseInterval(%q) = %v, %v; want %v, ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
 	}
 }

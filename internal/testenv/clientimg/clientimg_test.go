@@ -255,11 +255,13 @@ func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
 			},
 		},
 		{
-			// botocore 1.29 (Debian 12) "extends" credentials that expire
-			// within 15 min + 2..10 min of jitter to now+17..25 min and
-			// does not refresh them: it keeps signing with the expired key,
-			// and STS answers ExpiredToken. The product must therefore hand
-			// out keys with more than 25 minutes left (DESIGN §7).
+			// botocore 1.29 (Debian 12) "extends" a key that expires within
+			// 15 min + 2..10 min of jitter to now+17..25 min and refreshes
+			// only when 15 min of that are left, i.e. 2..10 min after the
+			// fetch. A key with less than 10 min left is therefore used past
+			// its expiry and STS answers ExpiredToken, as seen here. The
+			// proxy's rule of handing out keys with at least 15 minutes left
+			// (DESIGN §7) is what keeps botocore safe.
 			name: "python/short-expiry-extended", py: true, life: 2 * time.Second, args: []string{"loop", "2", "4"}, exit: 1,
 			check: func(t *testing.T, l []line, c imdsCounts) {
 				if len(l) != 2 {
