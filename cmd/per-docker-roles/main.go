@@ -1,0 +1,69 @@
+// Command per-docker-roles gives every Docker container its own AWS IAM
+// role through an IMDS-compatible proxy. main parses flags into a config,
+// builds the components and runs them under one context cancelled on
+// SIGINT/SIGTERM; the wiring lives in run.go.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/per-docker-roles/per-docker-roles/internal/config"
+)
+
+// Stamped by the release build (-ldflags -X main.version=...).
+var (
+	version = "dev"
+	commit  = "unknown"
+	date    = "unknown"
+)
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// realMain returns the process exit code: 0 on a clean stop, 1 when
+// something failed, 2 for usage errors.
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "--version", "-version", "version":
+			fmt.Fprintf(stdout, "per-docker-roles %s (commit %s, built %s)\n", version, commit, date)
+			return 0
+		case "bpf":
+			return bpfCommand(args[1:], stdout, stderr)
+		case "doctor":
+			return doctorCommand(args[1:], stdout, stderr)
+		}
+	}
+	cfg, fs, err := config.Parse("per-docker-roles", args, os.Getenv)
+	fs.SetOutput(stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "per-docker-roles: %v\n", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "per-docker-roles: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "per-docker-roles: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, stderr); err != nil {
+		fmt.Fprintf(stderr, "per-docker-roles: %v\n", err)
+		return 1
+	}
+	return 0
+}
