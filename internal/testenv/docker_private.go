@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,15 +23,23 @@ import (
 // Dockerd is a private Docker engine for tests that must restart dockerd:
 // the system engine is shared and must never be restarted. It has its own
 // socket, data root, exec root (and so its own supervised containerd),
-// pidfile and containerd namespaces, no default bridge and no iptables
-// rules, so it touches nothing of the system engine's. Its containers use
-// --network none or networks the test creates in it.
+// pidfile, containerd namespaces and default bridge, and adds no iptables
+// rules, so it touches nothing of the system engine's.
+//
+// Its default bridge is an interface of its own (pdrdb-<hex>, created here,
+// deleted in cleanup; dockerd gives it a free subnet from its pools), NOT
+// --bridge=none: dockerd 20.10 started with --bridge=none deletes the
+// interface named docker0, which is the system engine's bridge, and every
+// container on the default bridge of the system engine then fails to
+// start. Containers here may use --network none, the default bridge, or
+// networks the test creates in this engine.
 type Dockerd struct {
 	Host string // "unix:///tmp/pdrd-.../d.sock"
 
-	t    testing.TB
-	dir  string
-	args []string
+	t      testing.TB
+	dir    string
+	bridge string
+	args   []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -61,14 +70,22 @@ func StartPrivateDockerd(t testing.TB) *Dockerd {
 		t.Fatal(err)
 	}
 	ns := filepath.Base(dir)
+	br := "pdrdb-" + strings.TrimPrefix(ns, "pdrd-")
+	if len(br) > 15 { // IFNAMSIZ-1
+		br = br[:15]
+	}
+	if out, err := exec.Command("ip", "link", "add", br, "type", "bridge").CombinedOutput(); err != nil {
+		t.Fatalf("create bridge %s for private dockerd: %v: %s", br, err, out)
+	}
 	cfg := filepath.Join(dir, "daemon.json")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d := &Dockerd{
-		Host: "unix://" + filepath.Join(dir, "d.sock"),
-		t:    t,
-		dir:  dir,
+		Host:   "unix://" + filepath.Join(dir, "d.sock"),
+		t:      t,
+		dir:    dir,
+		bridge: br,
 		args: []string{
 			"--host", "unix://" + filepath.Join(dir, "d.sock"),
 			"--config-file", cfg, // never the host's /etc/docker/daemon.json
@@ -78,7 +95,7 @@ func StartPrivateDockerd(t testing.TB) *Dockerd {
 			"--containerd-namespace", ns,
 			"--containerd-plugins-namespace", ns + "-plugins",
 			"--storage-driver", "vfs", // scratch images are tiny; no overlay mounts to leak
-			"--bridge", "none",
+			"--bridge", br, // never "none": see Dockerd
 			"--iptables=false",
 			"--ip6tables=false",
 			"--ip-masq=false",
@@ -105,6 +122,7 @@ func (d *Dockerd) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
+	hadDocker0 := hasLink("docker0")
 	cmd := exec.Command("dockerd", d.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a signal to the test binary's group must not
@@ -121,6 +139,9 @@ func (d *Dockerd) start() {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if d.ping() == nil {
+			if hadDocker0 && !hasLink("docker0") {
+				d.t.Fatal("the private dockerd deleted the system engine's docker0 bridge")
+			}
 			return
 		}
 		select {
@@ -228,6 +249,9 @@ func (d *Dockerd) cleanup() {
 	killPidfile(filepath.Join(d.dir, "exec", "containerd", "containerd.pid"), syscall.SIGTERM)
 	killShims(d.t, d.dir)
 	unmountUnder(d.dir)
+	if out, err := exec.Command("ip", "link", "del", d.bridge).CombinedOutput(); err != nil {
+		d.t.Logf("delete bridge %s: %v: %s", d.bridge, err, out)
+	}
 	if err := os.RemoveAll(d.dir); err != nil {
 		d.t.Logf("remove private dockerd dir %s: %v", d.dir, err)
 	}
@@ -352,4 +376,9 @@ func killShims(t testing.TB, dir string) {
 			}
 		}
 	}
+}
+
+func hasLink(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
 }
