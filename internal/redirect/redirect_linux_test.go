@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
@@ -484,4 +487,129 @@ func metricValue(t *testing.T, g prometheus.Gatherer, name, label string) float6
 		}
 	}
 	return -1
+}
+
+// TestAddressConflictRefusesBoth models an IP takeover: a second namespace
+// claims the first one's address and port while its connection waits to
+// be accepted. The proxy cannot tell the two apart, so the record must
+// come back as a conflict, not as either caller's identity.
+func TestAddressConflictRefusesBoth(t *testing.T) {
+	testenv.Blackhole(t)
+	t.Parallel()
+	cg := newCgroups(t)
+	pins := pinDir(t)
+	victim := newNetns(t)
+	attacker := newNetns(t)
+	_, host := listen(t, "tcp4", "127.0.0.1:0")
+	_, probe := listen(t, "tcp4", "127.0.0.1:0")
+	cfg := baseConfig(t, cg, pins, host)
+	cfg.NoInterface = false
+	cfg.Interface = victim.dummy
+	cfg.NSTarget = netip.AddrPortFrom(victim.nsAddr, probe.Port())
+	r := newRedirector(t, cfg)
+	listen(t, "tcp4", cfg.NSTarget.String())
+
+	for _, args := range [][]string{
+		{"-n", attacker.name, "addr", "add", victim.nsIP.String() + "/32", "dev", "eth0"},
+		{"-n", attacker.name, "route", "add", victim.nsAddr.String() + "/32", "via", attacker.hostIP.String()},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	shared := netip.AddrPortFrom(victim.nsIP, 41000+uint16(subnetSeq.Add(1)%1000))
+	v := startClient(t, dialOpts{cgroup: cg.child, netns: victim.name, dial: imds4.String(), bind: shared.String()})
+	if ev, ok := v.connected(); !ok {
+		t.Fatalf("victim connect: %+v", ev)
+	}
+	// The attacker's connect fails or hangs (replies go to the victim);
+	// what matters is that its sockops callback saw the claimed address.
+	a := startClient(t, dialOpts{cgroup: cg.child, netns: attacker.name, dial: imds4.String(), bind: shared.String()})
+	_ = a
+	waitFor(t, func() bool { return counters(t, pins).Conflict >= 1 })
+	if _, err := r.Lookup(shared); !errors.Is(err, ErrConflict) || !errors.Is(err, ErrNoRecord) {
+		t.Errorf("Lookup(%s) = %v, want ErrConflict (wrapping ErrNoRecord)", shared, err)
+	}
+	if _, err := r.Lookup(shared); !errors.Is(err, ErrNoRecord) {
+		t.Errorf("second Lookup = %v, want ErrNoRecord", err)
+	}
+}
+
+// TestAdoptsOlderVersion: pins left by another version (a different
+// program behind a pinned link, a map with another layout) are taken over:
+// the link keeps its id, its program is swapped atomically, the map is
+// recreated, and there is still exactly one program attached.
+func TestAdoptsOlderVersion(t *testing.T) {
+	testenv.Blackhole(t)
+	t.Parallel()
+	cg := newCgroups(t)
+	pins := pinDir(t)
+	if err := ensurePinDir(pins); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.CGroupSockAddr,
+		AttachType:   ebpf.AttachCGroupInet4Connect,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatalf("load stand-in old program: %v", err)
+	}
+	defer old.Close()
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cg.attach, Attach: ebpf.AttachCGroupInet4Connect, Program: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Pin(pins + "/link_connect4"); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := l.Info()
+	oldLink := uint32(info.ID)
+	l.Close()
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: pdrMapPdrRecords, Type: ebpf.LRUHash, KeySize: 4, ValueSize: 4,
+		MaxEntries: 16, Pinning: ebpf.PinByName}, ebpf.MapOptions{PinPath: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	ln, host := listen(t, "tcp4", "127.0.0.1:0")
+	r := newRedirector(t, baseConfig(t, cg, pins, host))
+	ids := linkIDs(t, pins)
+	if ids["link_connect4"] != oldLink {
+		t.Errorf("link_connect4 id %d, want the pinned %d kept", ids["link_connect4"], oldLink)
+	}
+	pi, _ := r.objs.PdrConnect4.Info()
+	s, err := ReadStatus(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Links[0].ProgramTag != pi.Tag {
+		t.Errorf("link_connect4 runs program tag %s, want the new %s", s.Links[0].ProgramTag, pi.Tag)
+	}
+	if n := attachedCount(t, cg.attach, ebpf.AttachCGroupInet4Connect); n != 1 {
+		t.Errorf("%d connect4 programs attached, want 1", n)
+	}
+	c := startClient(t, dialOpts{cgroup: cg.child, dial: imds4.String()})
+	conn, ok := c.connected()
+	if !ok {
+		t.Fatalf("connect: %+v", conn)
+	}
+	if rec, err := r.Lookup(netip.MustParseAddrPort(conn.Local)); err != nil || rec.CgroupID != cg.childID {
+		t.Errorf("Lookup = %+v, %v", rec, err)
+	}
+	accept(t, ln)
+	c.done()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
