@@ -47,10 +47,15 @@ func (b *Broker) UpstreamReady(ctx context.Context) error {
 // and caching the answer until the upstream role changes.
 func (b *Broker) Identity(ctx context.Context) (Identity, error) {
 	b.baseMu.Lock()
-	id := b.ident
+	id, failedAt := b.ident, b.identFailAt
 	b.baseMu.Unlock()
 	if id != nil {
 		return *id, nil
+	}
+	if !failedAt.IsZero() && b.cfg.Now().Sub(failedAt) < retryAfter {
+		// Base() asks on every host request while this is unknown: do not
+		// put an STS round trip on each of them during an outage.
+		return Identity{}, fmt.Errorf("get caller identity: %w: failed recently, retrying after %v", ErrSTS, retryAfter)
 	}
 	ch := b.flights.DoChan(identityFlight, func() (any, error) {
 		ctx, cancel := context.WithTimeout(b.bgCtx, b.cfg.STSTimeout)
@@ -62,6 +67,9 @@ func (b *Broker) Identity(ctx context.Context) (Identity, error) {
 		out, err := b.sts.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
 		if err != nil {
 			b.m.stsErrors.WithLabelValues("GetCallerIdentity", errorCode(err)).Inc()
+			b.baseMu.Lock()
+			b.identFailAt = b.cfg.Now()
+			b.baseMu.Unlock()
 			return nil, fmt.Errorf("get caller identity: %w: %w", ErrSTS, err)
 		}
 		id := identityFromARN(aws.ToString(out.Arn), aws.ToString(out.Account))
@@ -69,7 +77,7 @@ func (b *Broker) Identity(ctx context.Context) (Identity, error) {
 		if id.RoleName == "" {
 			id.RoleName = b.baseRole
 		}
-		b.ident = &id
+		b.ident, b.identFailAt = &id, time.Time{}
 		if b.base != nil {
 			b.base = withIdentity(b.base, id)
 		}
@@ -159,6 +167,10 @@ func (b *Broker) baseCreds(ctx context.Context) (*Credentials, error) {
 		b.baseMu.Lock()
 		defer b.baseMu.Unlock()
 		b.baseTriedAt = b.cfg.Now()
+		if err == nil && !usable(nc, b.baseTriedAt) {
+			err = fmt.Errorf("%w: base credentials expire at %s, under %v from now", ErrUpstream,
+				nc.Expiration.Format(time.RFC3339), minServe)
+		}
 		if err != nil {
 			b.m.upstreamErrors.Inc()
 			return nil, err

@@ -165,7 +165,7 @@ type Identity struct {
 // AssumeError is a failed AssumeRole; errors.Is(err, ErrSTS) holds.
 type AssumeError struct {
 	RoleARN string
-	Code    string // AWS error code, or "" for transport errors
+	Code    string // AWS error code, or "Timeout" / "Transport" / "" (bad answer)
 	Err     error
 }
 
@@ -198,6 +198,7 @@ type Broker struct {
 	baseRole    string // upstream role name
 	baseTriedAt time.Time
 	ident       *Identity
+	identFailAt time.Time // last failed GetCallerIdentity, for backoff
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -239,7 +240,11 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Broker, error
 	if upClient == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.Proxy = nil // the upstream is local (or link-local on EC2): never proxy it
-		upClient = &http.Client{Transport: t}
+		upClient = &http.Client{
+			Transport: t,
+			// IMDS never redirects; following one could leak our token.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 		stsClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
 	b.up = &upstream{base: cfg.Upstream, client: upClient, now: cfg.Now, timeout: cfg.UpstreamTimeout}
@@ -280,6 +285,11 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// Close stops background work (refreshes, prefetches) and waits for it.
+// Run calls it on return; it is idempotent. Get keeps working afterwards,
+// without background refresh.
+func (b *Broker) Close() { b.stop() }
 
 func (b *Broker) stop() {
 	b.goMu.Lock()
@@ -341,6 +351,7 @@ func (b *Broker) refreshAsync(k cacheKey, wait bool) {
 			}
 		}
 		defer func() { <-b.workers }()
+		defer b.cache.unclaim(k)
 		if _, err := b.fetch(b.bgCtx, k); err != nil {
 			b.m.refreshes.WithLabelValues("error").Inc()
 			b.log.Warn("background credential refresh failed", zap.String("role_arn", k.RoleARN), zap.Error(err))
@@ -372,8 +383,12 @@ func (b *Broker) Get(ctx context.Context, req Request) (*Credentials, bool, erro
 			return c, true, nil
 		case left > b.syncBelow():
 			// Due but comfortably valid: answer now, refresh behind.
-			if !snap.refreshing && b.limiter.allow() && b.cache.claim(k) {
-				b.refreshAsync(k, false)
+			if !snap.refreshing && b.cache.claim(k) {
+				if b.limiter.allow() {
+					b.refreshAsync(k, false)
+				} else {
+					b.cache.unclaim(k)
+				}
 			}
 			b.m.hits.Inc()
 			return c, true, nil

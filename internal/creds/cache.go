@@ -24,7 +24,7 @@ type entry struct {
 	refreshAt  time.Time // background refresh becomes due
 	nextTry    time.Time // after a failure, no new STS call before this
 	lastUsed   time.Time
-	refreshing bool // an async refresh is queued or running
+	refreshing bool // an async refresh holds the claim (see claim/unclaim)
 	elem       *list.Element
 }
 
@@ -80,7 +80,7 @@ func (c *lru) put(k cacheKey, cr *Credentials, refreshAt, now time.Time) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[k]; ok {
-		e.creds, e.refreshAt, e.nextTry, e.refreshing = cr, refreshAt, time.Time{}, false
+		e.creds, e.refreshAt, e.nextTry = cr, refreshAt, time.Time{}
 		return 0
 	}
 	e := &entry{key: k, creds: cr, refreshAt: refreshAt, lastUsed: now}
@@ -101,11 +101,13 @@ func (c *lru) fail(k cacheKey, until time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[k]; ok {
-		e.nextTry, e.refreshing = until, false
+		e.nextTry = until
 	}
 }
 
 // claim marks k as being refreshed; false if it already is, or is gone.
+// Only the holder of a claim releases it (unclaim), whatever the outcome,
+// so a refresh that joined another caller's STS call cannot leave it set.
 func (c *lru) claim(k cacheKey) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -117,7 +119,7 @@ func (c *lru) claim(k cacheKey) bool {
 	return true
 }
 
-// unclaim clears a claim that was not acted on.
+// unclaim releases a claim.
 func (c *lru) unclaim(k cacheKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

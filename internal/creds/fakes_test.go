@@ -229,7 +229,7 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.stop)
+	t.Cleanup(b.Close)
 	return &env{b: b, clk: clk, sts: stsFake, up: up, reg: reg, logs: logs}
 }
 
