@@ -45,6 +45,11 @@ type signedRequest struct {
 
 func newSignedRequest(t *testing.T, target string, sr signedRequest) *http.Request {
 	t.Helper()
+	return newSignedRequestTB(t, target, sr)
+}
+
+func newSignedRequestTB(t testing.TB, target string, sr signedRequest) *http.Request {
+	t.Helper()
 	u := target + "/sessions?" + strings.ReplaceAll(sr.query.Encode(), "+", "%20")
 	req, err := http.NewRequest(http.MethodPost, u, bytes.NewReader(sr.body))
 	if err != nil {
@@ -317,4 +322,37 @@ func TestVerifyX509RequestErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzVerifyX509Request: arbitrary headers and queries never panic the
+// verifier and never verify without a valid signature.
+func FuzzVerifyX509Request(f *testing.F) {
+	pki, err := fakeaws.NewPKI(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Now()
+	good := newSignedRequestTB(f, "http://127.0.0.1:1", signedRequest{query: goodQuery(), body: []byte(`{}`), date: now, leaf: pki.Leaf, alg: "AWS4-X509-ECDSA-SHA256"})
+	f.Add(good.Header.Get("Authorization"), good.Header.Get("X-Amz-X509"), good.Header.Get("X-Amz-Date"), good.URL.RawQuery, "")
+	f.Add("AWS4-X509-RSA-SHA256 Credential=1/2/3/4/5, SignedHeaders=host, Signature=zz", "", "20260101T000000Z", "a=%zz", "x,y")
+	f.Add("AWS4-X509-ECDSA-SHA256 Credential=//, SignedHeaders=;;, Signature=", "AAAA", "", "&&==", ",,,")
+	cfg := fakeaws.X509VerifyConfig{Roots: pki.Pool(), Region: testRegion, Now: now, MaxSkew: time.Minute}
+	f.Fuzz(func(t *testing.T, auth, cert, date, query, chain string) {
+		req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/sessions", nil)
+		if err != nil {
+			t.Skip()
+		}
+		req.URL.RawQuery = query
+		req.Host = req.URL.Host
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("X-Amz-X509", cert)
+		req.Header.Set("X-Amz-Date", date)
+		if chain != "" {
+			req.Header.Set("X-Amz-X509-Chain", chain)
+		}
+		_, err = fakeaws.VerifyX509Request(req, []byte(`{}`), cfg)
+		if err == nil && (auth != good.Header.Get("Authorization") || query != good.URL.RawQuery) {
+			t.Fatalf("verified a request not signed by the leaf: auth %q query %q", auth, query)
+		}
+	})
 }

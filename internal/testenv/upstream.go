@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os/exec"
@@ -322,13 +323,22 @@ func ListenLoopback(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
+// freeLoopbackPort picks a free port below the kernel's ephemeral range
+// (32768+), so that while the helper is stopped neither a :0 listener of a
+// parallel test nor an outgoing connection takes its port before Start.
 func freeLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
+	var lastErr error
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ln.Close()
+		return port, nil
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("find free port: %w", lastErr)
 }
 
 // waitHelper polls the token endpoint until the helper answers 200 or exits.
