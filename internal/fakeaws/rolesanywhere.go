@@ -46,9 +46,9 @@ const (
 	x509ECDSAAlgorithm = "AWS4-X509-ECDSA-SHA256"
 	raService          = "rolesanywhere"
 	// Bounds of CreateSession's durationSeconds (API reference).
-	raMinDuration = 900 * time.Second
-	raMaxDuration = 43200 * time.Second
-	raMaxBodyBytes  = 64 << 10
+	raMinDuration  = 900 * time.Second
+	raMaxDuration  = 43200 * time.Second
+	raMaxBodyBytes = 64 << 10
 )
 
 // RAConfig describes the one trust anchor and profile the fake serves.
