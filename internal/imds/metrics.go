@@ -27,11 +27,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"cache", "outcome"}),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pdr_credential_cache_hits_total",
-			Help: "Container credential requests served from the broker's cache.",
+			Name: "pdr_imds_credential_cache_hits_total",
+			Help: "IMDS credential answers the broker served from its cache (the broker counts its own hits, including prefetch, in pdr_credential_cache_hits_total).",
 		}),
 		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pdr_credential_cache_misses_total",
+			Name: "pdr_imds_credential_cache_misses_total",
 			Help: "Container credential requests that needed a fresh AssumeRole.",
 		}),
 	}
