@@ -246,7 +246,7 @@ type cgroups struct {
 	childID, exemptID     uint64
 }
 
-func newCgroups(t *testing.T) cgroups {
+func newCgroups(t testing.TB) cgroups {
 	t.Helper()
 	mnt, err := cgroup.Mount()
 	if err != nil {
@@ -280,7 +280,7 @@ func newCgroups(t *testing.T) cgroups {
 }
 
 // pinDir returns a fresh pin dir and detaches everything in it at cleanup.
-func pinDir(t *testing.T) string {
+func pinDir(t testing.TB) string {
 	t.Helper()
 	if err := ensurePinDir("/sys/fs/bpf"); err != nil {
 		testenv.Unsupported(t, "bpffs", err)
@@ -295,7 +295,7 @@ func pinDir(t *testing.T) string {
 }
 
 // listen opens a TCP listener on addr (port 0 = any).
-func listen(t *testing.T, network, addr string) (*net.TCPListener, netip.AddrPort) {
+func listen(t testing.TB, network, addr string) (*net.TCPListener, netip.AddrPort) {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {

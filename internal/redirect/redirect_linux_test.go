@@ -36,7 +36,7 @@ func baseConfig(t *testing.T, cg cgroups, pins string, host netip.AddrPort) Conf
 	}
 }
 
-func counters(t *testing.T, pins string) Counters {
+func counters(t testing.TB, pins string) Counters {
 	t.Helper()
 	s, err := ReadStatus(pins)
 	if err != nil {
