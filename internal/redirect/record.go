@@ -1,6 +1,3 @@
-// Package redirect loads and manages the eBPF programs that send
-// connections for the instance metadata address to the local proxy and
-// remember which cgroup made each one.
 package redirect
 
 import (
