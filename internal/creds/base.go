@@ -57,8 +57,9 @@ func (b *Broker) Identity(ctx context.Context) (Identity, error) {
 		// put an STS round trip on each of them during an outage.
 		return Identity{}, fmt.Errorf("get caller identity: %w: failed recently, retrying after %v", ErrSTS, retryAfter)
 	}
+	parent := b.detach(ctx)
 	ch := b.flights.DoChan(identityFlight, func() (any, error) {
-		ctx, cancel := context.WithTimeout(b.bgCtx, b.cfg.STSTimeout)
+		ctx, cancel := context.WithTimeout(parent, b.cfg.STSTimeout)
 		defer cancel()
 		if _, err := b.baseCreds(ctx); err != nil {
 			return nil, fmt.Errorf("get caller identity: %w", err)
@@ -153,6 +154,7 @@ func (b *Broker) baseCreds(ctx context.Context) (*Credentials, error) {
 	if c != nil && usable(c, now) && now.Sub(tried) < retryAfter {
 		return c, nil
 	}
+	parent := b.detach(ctx)
 	ch := b.flights.DoChan(baseFlight, func() (any, error) {
 		b.baseMu.Lock()
 		cur := b.base
@@ -161,7 +163,7 @@ func (b *Broker) baseCreds(ctx context.Context) (*Credentials, error) {
 			return cur, nil
 		}
 		// Token PUT, role list, credentials, and one 401 retry.
-		ctx, cancel := context.WithTimeout(b.bgCtx, 4*b.cfg.UpstreamTimeout)
+		ctx, cancel := context.WithTimeout(parent, 4*b.cfg.UpstreamTimeout)
 		defer cancel()
 		role, nc, err := b.up.fetch(ctx)
 		b.baseMu.Lock()

@@ -457,13 +457,14 @@ func (b *Broker) Prefetch(req Request) {
 // callers. The call runs detached from ctx so a caller giving up does not
 // fail it for the others.
 func (b *Broker) fetch(ctx context.Context, k cacheKey) (*Credentials, error) {
+	parent := b.detach(ctx)
 	ch := b.flights.DoChan(k.flightKey(), func() (any, error) {
 		// A flight that finished just before this one may already have
 		// stored fresh credentials.
 		if snap, ok := b.cache.peek(k); ok && b.cfg.Now().Before(snap.refreshAt) {
 			return snap.creds, nil
 		}
-		return b.assume(k)
+		return b.assume(parent, k)
 	})
 	select {
 	case r := <-ch:
@@ -476,8 +477,19 @@ func (b *Broker) fetch(ctx context.Context, k cacheKey) (*Credentials, error) {
 	}
 }
 
-func (b *Broker) assume(k cacheKey) (*Credentials, error) {
-	ctx, cancel := context.WithTimeout(b.bgCtx, b.cfg.STSTimeout)
+// detach returns the parent context of a shared flight started by a
+// caller with ctx: background work stops with the broker, a request's
+// flight outlives that request (other callers may be waiting on it) but
+// not its own timeout.
+func (b *Broker) detach(ctx context.Context) context.Context {
+	if ctx == b.bgCtx {
+		return ctx
+	}
+	return context.WithoutCancel(ctx)
+}
+
+func (b *Broker) assume(parent context.Context, k cacheKey) (*Credentials, error) {
+	ctx, cancel := context.WithTimeout(parent, b.cfg.STSTimeout)
 	defer cancel()
 	if _, err := b.baseCreds(ctx); err != nil {
 		b.cache.fail(k, b.cfg.Now().Add(retryAfter))

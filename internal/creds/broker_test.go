@@ -432,6 +432,10 @@ func TestRunStopsAndOwnsGoroutines(t *testing.T) {
 	if got := e.sts.RoleCalls(roleARN("after-stop")); got != 0 {
 		t.Errorf("Prefetch after stop made %d calls", got)
 	}
+	// Requests still work after the background has stopped.
+	if _, hit, err := e.b.Get(context.Background(), req("after-stop")); err != nil || hit {
+		t.Errorf("Get after stop: hit=%v err=%v", hit, err)
+	}
 	if got := e.sts.Calls("GetCallerIdentity"); got != 1 {
 		t.Errorf("GetCallerIdentity calls = %d, want 1 (Run resolves identity)", got)
 	}
@@ -547,4 +551,29 @@ func BenchmarkGetWarmParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestSessionDurationAndDetachedFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.SessionDuration = 30 * time.Minute })
+	r := req("slow")
+	e.sts.SetLatency(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := e.b.Get(ctx, r); !errors.Is(err, ErrSTS) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get with 50ms deadline against 300ms STS: %v", err)
+	}
+	// The STS call went on without the impatient caller and filled the cache.
+	waitFor(t, "detached flight to store", func() bool { _, ok := e.b.cache.peek(cacheKey(r)); return ok })
+	e.sts.SetLatency(0)
+	c, hit, err := e.b.Get(context.Background(), r)
+	if err != nil || !hit {
+		t.Fatalf("after detached flight: hit=%v err=%v", hit, err)
+	}
+	if got := e.sts.RoleCalls(r.RoleARN); got != 1 {
+		t.Errorf("AssumeRole calls = %d, want 1", got)
+	}
+	if left := c.Expiration.Sub(e.clk.Now()); left > 30*time.Minute || left < 29*time.Minute {
+		t.Errorf("lifetime %v, want the configured 30m", left)
+	}
 }
