@@ -55,6 +55,11 @@ type STSConfig struct {
 	Region string
 	// MaxSkew bounds |X-Amz-Date - store clock| (default 5 minutes).
 	MaxSkew time.Duration
+	// IssueLifetime, when set, is the real lifetime of every AssumeRole
+	// credential, whatever DurationSeconds asked for (which is still
+	// validated). End-to-end tests use it to see several expiries and
+	// refreshes of a real daemon in minutes instead of hours.
+	IssueLifetime time.Duration
 }
 
 // STS is a loopback fake of AWS STS speaking the query protocol. It
@@ -401,6 +406,9 @@ func (s *STS) assumeRole(caller Issued, form url.Values, reqID string) (any, *st
 			"The requested DurationSeconds exceeds the MaxSessionDuration set for this role.")
 	}
 	principal := "arn:" + partitionOf(roleARN) + ":sts::" + account + ":assumed-role/" + roleName + "/" + session
+	if s.cfg.IssueLifetime > 0 {
+		dur = s.cfg.IssueLifetime
+	}
 	is := s.store.Issue(account, roleARN, principal, dur, true)
 
 	var resp assumeRoleResponse

@@ -42,6 +42,9 @@ type UpstreamConfig struct {
 	// may assume any role of the account.
 	Trust []fakeaws.TrustRule
 	Roles map[string]fakeaws.RolePolicy
+	// STSIssueLifetime shortens every AssumeRole credential (see
+	// fakeaws.STSConfig.IssueLifetime); 0 = as requested.
+	STSIssueLifetime time.Duration
 
 	// PKIDir receives ca.crt, leaf.crt, leaf.key... (required).
 	PKIDir string
@@ -150,7 +153,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig, log *zap.Logger) (*Ups
 	if trust == nil {
 		trust = []fakeaws.TrustRule{{Principal: u.RoleARN, Role: fmt.Sprintf("arn:aws:iam::%s:role/*", cfg.Account)}}
 	}
-	u.STS = fakeaws.NewSTS(u.Store, fakeaws.STSConfig{Trust: trust, Roles: cfg.Roles, Region: cfg.Region})
+	u.STS = fakeaws.NewSTS(u.Store, fakeaws.STSConfig{Trust: trust, Roles: cfg.Roles, Region: cfg.Region, IssueLifetime: cfg.STSIssueLifetime})
 
 	if u.RAURL, err = u.serve(cfg.RAListen, u.RA); err != nil {
 		u.Close()
