@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -571,4 +572,90 @@ func names(cs []Container) []string {
 		out = append(out, fmt.Sprintf("%s(%s)", c.Name, c.ID[:12]))
 	}
 	return out
+}
+
+// TestIndexInitInSubCgroup runs a container whose init process moves
+// itself into a sub-cgroup (CAP_SYS_ADMIN, private cgroup namespace): the
+// index must still record the container's own cgroup, and resolve the
+// sub-cgroup to it, also when asked before any event was handled.
+func TestIndexInitInSubCgroup(t *testing.T) {
+	cli := testenv.Docker(t)
+	img := testenv.HolderImage(t, cli)
+	ctx := context.Background()
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _, _ := runIndex(t, "", nil)
+	id := testenv.RunContainer(t, cli, testenv.ContainerOpts{Image: img, CapAdd: []string{"SYS_ADMIN"},
+		CgroupnsPrivate: true, Cmd: []string{"-subcgroup", "pdrsub", "-cgroupfs", "/sys/fs/cgroup/unified", "-mountcgroup"}})
+	var path string
+	testenv.WaitFor(t, 10*time.Second, "init to move into its sub-cgroup", func() bool {
+		path, _ = cgroupOf(t, cli, id)
+		return filepath.Base(path) == "pdrsub"
+	})
+	own := filepath.Dir(path)
+	ownID, err := cgroup.ID(filepath.Join(mount, own))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subID, err := cgroup.ID(filepath.Join(mount, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := x.ByCgroupID(ctx, subID)
+	if err != nil || !ok || got.ID != id {
+		t.Fatalf("ByCgroupID(sub %s) = %s %v %v", path, got.ID, ok, err)
+	}
+	// Whether the start event inspected it before or after the move, the
+	// index re-inspects on a miss; make sure the final record is right.
+	if _, _, err := x.inspectAndApply(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	c, _, _ := x.ByID(ctx, id)
+	if c.CgroupPath != own || c.CgroupID != ownID {
+		t.Errorf("container cgroup = %q/%d, want its own %q/%d, not the sub-cgroup", c.CgroupPath, c.CgroupID, own, ownID)
+	}
+}
+
+// TestCgroupEscapeLooksLikeHost documents a limit of cgroup identity: a
+// container with CAP_SYS_ADMIN in the host's cgroup namespace (the default
+// on cgroup v1 hosts) can mount cgroup2 and move itself out of its cgroup;
+// its cgroup id then belongs to no container. The index must say "host"
+// (false, nil), never another container; callers that grant host
+// processes anything must combine this with another signal (the network
+// namespace).
+func TestCgroupEscapeLooksLikeHost(t *testing.T) {
+	cli := testenv.Docker(t)
+	img := testenv.HolderImage(t, cli)
+	ctx := context.Background()
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := testenv.UniqueName(t, "escape")
+	dir := filepath.Join(mount, name)
+	t.Cleanup(func() {
+		// After the container is gone (cleanups run last-in first-out).
+		testenv.WaitFor(t, 10*time.Second, "escaped cgroup to empty", func() bool {
+			err := os.Remove(dir)
+			return err == nil || errors.Is(err, os.ErrNotExist)
+		})
+	})
+	x, _, _ := runIndex(t, "", nil)
+	id := testenv.RunContainer(t, cli, testenv.ContainerOpts{Image: img, CapAdd: []string{"SYS_ADMIN"},
+		CgroupnsHost: true, Cmd: []string{"-subcgroup", name, "-cgroupfs", "/sys/fs/cgroup/unified", "-mountcgroup"}})
+	var path string
+	testenv.WaitFor(t, 10*time.Second, "init to move out of its cgroup", func() bool {
+		path, _ = cgroupOf(t, cli, id)
+		return path == "/"+name
+	})
+	esc, err := cgroup.ID(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok, err := x.ByCgroupID(ctx, esc); ok || err != nil {
+		t.Errorf("ByCgroupID(escaped %s) = %s %v %v, want (false, nil)", path, c.ID, ok, err)
+	}
+	t.Logf("container %s left its cgroup for %s: by cgroup it looks like a host process", id[:12], path)
 }

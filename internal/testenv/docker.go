@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -86,9 +87,10 @@ type ContainerOpts struct {
 	IPv4       string
 	CapAdd     []string
 	Privileged bool
-	// CgroupnsHost runs the container in the host's cgroup namespace
-	// (--cgroupns=host).
-	CgroupnsHost bool
+	// CgroupnsHost / CgroupnsPrivate set --cgroupns (default: the
+	// engine's; host on cgroup v1 hosts like this one).
+	CgroupnsHost    bool
+	CgroupnsPrivate bool
 	// Binds are host:container[:ro] bind mounts.
 	Binds []string
 	// NoStart creates the container without starting it.
@@ -119,8 +121,11 @@ func RunContainer(t testing.TB, cli *client.Client, o ContainerOpts) string {
 		Privileged:  o.Privileged,
 		Binds:       o.Binds,
 	}
-	if o.CgroupnsHost {
+	switch {
+	case o.CgroupnsHost:
 		hc.CgroupnsMode = container.CgroupnsModeHost
+	case o.CgroupnsPrivate:
+		hc.CgroupnsMode = container.CgroupnsModePrivate
 	}
 	var nc *network.NetworkingConfig
 	if o.IPv4 != "" && o.Network != "" {
@@ -149,7 +154,7 @@ func RemoveContainer(t testing.TB, cli *client.Client, id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
-	if err != nil && !client.IsErrNotFound(err) && !strings.Contains(err.Error(), "is already in progress") {
+	if err != nil && !cerrdefs.IsNotFound(err) && !strings.Contains(err.Error(), "is already in progress") {
 		t.Errorf("remove container %s: %v", id, err)
 	}
 }
@@ -180,7 +185,7 @@ func CreateNetwork(t testing.TB, cli *client.Client) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := cli.NetworkRemove(ctx, name); err != nil && !client.IsErrNotFound(err) {
+		if err := cli.NetworkRemove(ctx, name); err != nil && !cerrdefs.IsNotFound(err) {
 			t.Errorf("remove network %s: %v", name, err)
 		}
 	})
