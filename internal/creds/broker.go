@@ -381,7 +381,7 @@ func (b *Broker) Get(ctx context.Context, req Request) (*Credentials, bool, erro
 		case now.Before(snap.refreshAt):
 			b.m.hits.Inc()
 			return c, true, nil
-		case left > b.syncBelow():
+		case left > b.syncBelow(c):
 			// Due but comfortably valid: answer now, refresh behind.
 			if !snap.refreshing && b.cache.claim(k) {
 				if b.limiter.allow() {
@@ -417,9 +417,15 @@ func (b *Broker) Get(ctx context.Context, req Request) (*Credentials, bool, erro
 	return nil, false, err
 }
 
-// syncBelow is the lifetime under which Get refreshes synchronously.
-func (b *Broker) syncBelow() time.Duration {
-	return min(handoutTarget, b.cfg.RefreshBefore*3/4)
+// syncBelow is the remaining lifetime of c under which Get refreshes
+// synchronously: 15m for default 1h sessions, less for short ones (and
+// for short-lived test credentials) so they still refresh behind answers.
+func (b *Broker) syncBelow(c *Credentials) time.Duration {
+	d := min(handoutTarget, b.cfg.RefreshBefore*3/4)
+	if life := c.Expiration.Sub(c.LastUpdated); life > 0 {
+		d = min(d, life/4)
+	}
+	return d
 }
 
 func usable(c *Credentials, now time.Time) bool {

@@ -577,3 +577,22 @@ func TestSessionDurationAndDetachedFlight(t *testing.T) {
 		t.Errorf("lifetime %v, want the configured 30m", left)
 	}
 }
+
+func TestSyncBelowScalesWithLifetime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	t0 := e.clk.Now()
+	tests := []struct {
+		life, want time.Duration
+	}{
+		{time.Hour, 15 * time.Minute},
+		{20 * time.Minute, 5 * time.Minute},
+		{2 * time.Minute, 30 * time.Second},
+	}
+	for _, tt := range tests {
+		c := &Credentials{LastUpdated: t0, Expiration: t0.Add(tt.life)}
+		if got := e.b.syncBelow(c); got != tt.want {
+			t.Errorf("syncBelow(life %v) = %v, want %v", tt.life, got, tt.want)
+		}
+	}
+}
