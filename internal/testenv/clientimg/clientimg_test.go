@@ -242,10 +242,11 @@ func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
 			},
 		},
 		{
-			// Keys live ≤2 s and attempts are 2.5 s apart: every attempt
+			// Keys live 2..3 s (the store truncates expiry to whole seconds)
+			// and attempts are 3.5 s apart: every attempt
 			// finds the cached key expired and goes back to IMDS, reusing
 			// its 300 s token.
-			name: "go/loop-refresh", life: 2 * time.Second, args: []string{"loop", "3", "2500ms"},
+			name: "go/loop-refresh", life: 3 * time.Second, args: []string{"loop", "3", "3500ms"},
 			check: func(t *testing.T, l []line, c imdsCounts) {
 				wantCalls(t, l, c, 3, 3, goTokenTTL)
 				wantSameKey(t, l, false)
@@ -262,7 +263,7 @@ func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
 			// its expiry and STS answers ExpiredToken, as seen here. The
 			// proxy's rule of handing out keys with at least 15 minutes left
 			// (DESIGN §7) is what keeps botocore safe.
-			name: "python/short-expiry-extended", py: true, life: 2 * time.Second, args: []string{"loop", "2", "4"}, exit: 1,
+			name: "python/short-expiry-extended", py: true, life: 3 * time.Second, args: []string{"loop", "2", "5"}, exit: 1,
 			check: func(t *testing.T, l []line, c imdsCounts) {
 				if len(l) != 2 {
 					t.Fatalf("got %d lines, want 2: %+v", len(l), l)
@@ -281,7 +282,7 @@ func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
 					t.Fatalf("expiration %q: %v", l[0].Expiration, err)
 				}
 				ext := exp.Sub(c.LastExpires)
-				t.Logf("botocore extended a %s key by %s", 2*time.Second, ext.Round(time.Second))
+				t.Logf("botocore extended a 3 s key by %s", ext.Round(time.Second))
 				if ext < 16*time.Minute || ext > 26*time.Minute {
 					t.Errorf("botocore expiry %s is %s past the served %s, want 17..25 min", exp, ext, c.LastExpires)
 				}
