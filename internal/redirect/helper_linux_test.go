@@ -128,8 +128,8 @@ func fromSockaddr(sa unix.Sockaddr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// client is a running helper process.
-type client struct {
+// procClient is a running helper process.
+type procClient struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	lines *bufio.Scanner
@@ -145,7 +145,7 @@ type dialOpts struct {
 }
 
 // startClient starts a helper in o.cgroup (and o.netns).
-func startClient(t *testing.T, o dialOpts) *client {
+func startClient(t *testing.T, o dialOpts) *procClient {
 	t.Helper()
 	dir, err := os.Open(o.cgroup)
 	if err != nil {
@@ -172,13 +172,13 @@ func startClient(t *testing.T, o dialOpts) *client {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start client in %s: %v", o.cgroup, err)
 	}
-	c := &client{t: t, cmd: cmd, lines: bufio.NewScanner(stdout)}
+	c := &procClient{t: t, cmd: cmd, lines: bufio.NewScanner(stdout)}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	return c
 }
 
 // next returns the next event the client printed.
-func (c *client) next() helperEvent {
+func (c *procClient) next() helperEvent {
 	c.t.Helper()
 	if !c.lines.Scan() {
 		c.t.Fatalf("client exited without output: %v", c.lines.Err())
@@ -192,7 +192,7 @@ func (c *client) next() helperEvent {
 
 // connected waits until connect() returned; ok=false if it failed (the
 // returned event then says why).
-func (c *client) connected() (helperEvent, bool) {
+func (c *procClient) connected() (helperEvent, bool) {
 	c.t.Helper()
 	ev := c.next()
 	c.first = &ev
@@ -200,7 +200,7 @@ func (c *client) connected() (helperEvent, bool) {
 }
 
 // done waits for the final event and the process.
-func (c *client) done() helperEvent {
+func (c *procClient) done() helperEvent {
 	c.t.Helper()
 	if c.first == nil {
 		if ev, ok := c.connected(); !ok {
@@ -218,7 +218,7 @@ func (c *client) done() helperEvent {
 	return ev
 }
 
-// dialOnce runs a client to completion.
+// dialOnce runs a procClient to completion.
 func dialOnce(t *testing.T, o dialOpts) helperEvent {
 	t.Helper()
 	return startClient(t, o).done()
