@@ -374,7 +374,9 @@ func (b *Broker) Get(ctx context.Context, req Request) (*Credentials, bool, erro
 	k := cacheKey(req)
 	now := b.cfg.Now()
 	snap, ok := b.cache.get(k, now)
-	if ok {
+	// Every cached answer below has at least minServe left, whatever the
+	// credential's lifetime or where its refresh time fell.
+	if ok && usable(snap.creds, now) {
 		c := snap.creds
 		left := c.Expiration.Sub(now)
 		switch {
@@ -392,7 +394,7 @@ func (b *Broker) Get(ctx context.Context, req Request) (*Credentials, bool, erro
 			}
 			b.m.hits.Inc()
 			return c, true, nil
-		case left >= minServe && now.Before(snap.nextTry):
+		case now.Before(snap.nextTry):
 			// A refresh just failed: do not stall every request on STS.
 			b.m.hits.Inc()
 			b.m.stale.Inc()
