@@ -596,3 +596,26 @@ func TestSyncBelowScalesWithLifetime(t *testing.T) {
 		}
 	}
 }
+
+// TestCachedUnderAMinuteNeverServed plants a cached credential with 50s
+// left whose refresh time lies in the future (as a very short session
+// would have): Get must fetch a new one instead of answering from cache.
+func TestCachedUnderAMinuteNeverServed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	r := req("short")
+	now := e.clk.Now()
+	short := &Credentials{AccessKeyID: "ASIASHORT", SecretAccessKey: "s", SessionToken: "t",
+		LastUpdated: now.Add(-time.Minute), Expiration: now.Add(50 * time.Second), RoleARN: r.RoleARN}
+	e.b.cache.put(cacheKey(r), short, now.Add(time.Hour), now)
+	c, hit, err := e.b.Get(context.Background(), r)
+	if err != nil || hit || c == short || c.Expiration.Sub(now) < 59*time.Minute {
+		t.Fatalf("hit=%v err=%v short=%v", hit, err, c == short)
+	}
+	// With STS down the 50s credential is still not handed out.
+	e.b.cache.put(cacheKey(Request{RoleARN: r.RoleARN, SessionName: "other"}), short, now.Add(time.Hour), now)
+	e.sts.SetFailAll(true)
+	if c, _, err := e.b.Get(context.Background(), Request{RoleARN: r.RoleARN, SessionName: "other"}); !errors.Is(err, ErrSTS) || c != nil {
+		t.Fatalf("STS down, 50s cached: c=%v err=%v", c, err)
+	}
+}
