@@ -117,8 +117,12 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Redirector, e
 		}
 	}()
 
-	// Exemptions and guard first, targets last: a half-configured
+	// Refuse while starting (a crashed run may have left its targets),
+	// then exemptions and guard, targets last: a half-configured
 	// redirector refuses rather than redirects.
+	if err := r.setTargets(false); err != nil {
+		return nil, err
+	}
 	if err := r.configure(); err != nil {
 		return nil, err
 	}
