@@ -430,6 +430,12 @@ func (b *Broker) syncBelow(c *Credentials) time.Duration {
 	return d
 }
 
+// fresh reports whether a cached entry needs no refresh yet.
+func (b *Broker) fresh(s snapshot) bool {
+	now := b.cfg.Now()
+	return now.Before(s.refreshAt) && usable(s.creds, now)
+}
+
 func usable(c *Credentials, now time.Time) bool {
 	return c.Valid(now) && c.Expiration.Sub(now) >= minServe
 }
@@ -442,7 +448,7 @@ func (b *Broker) Prefetch(req Request) {
 		return
 	}
 	k := cacheKey(req)
-	if snap, ok := b.cache.peek(k); ok && b.cfg.Now().Before(snap.refreshAt) {
+	if snap, ok := b.cache.peek(k); ok && b.fresh(snap) {
 		return
 	}
 	select {
@@ -469,7 +475,7 @@ func (b *Broker) fetch(ctx context.Context, k cacheKey) (*Credentials, error) {
 	ch := b.flights.DoChan(k.flightKey(), func() (any, error) {
 		// A flight that finished just before this one may already have
 		// stored fresh credentials.
-		if snap, ok := b.cache.peek(k); ok && b.cfg.Now().Before(snap.refreshAt) {
+		if snap, ok := b.cache.peek(k); ok && b.fresh(snap) {
 			return snap.creds, nil
 		}
 		return b.assume(parent, k)
