@@ -73,6 +73,9 @@ type exchange struct {
 	route route
 	st    *connState // set once identified
 
+	tok     string // token presented or minted; logged as a short hash only
+	roleARN string // role the caller resolved to
+
 	level  zapcore.Level // of the request log line; raised by note
 	reason string
 	fields []zap.Field
@@ -140,6 +143,12 @@ func (s *Server) finish(x *exchange, d time.Duration) {
 	)
 	if x.reason != "" {
 		fields = append(fields, zap.String("reason", x.reason))
+	}
+	if x.tok != "" {
+		fields = append(fields, zap.String("token", token.ShortHash(x.tok)))
+	}
+	if x.roleARN != "" {
+		fields = append(fields, zap.String("role_arn", x.roleARN))
 	}
 	ce.Write(append(fields, x.fields...)...)
 }
@@ -247,7 +256,7 @@ func (s *Server) mintToken(x *exchange) {
 		x.reply(http.StatusInternalServerError, bodyInternal)
 		return
 	}
-	x.fields = append(x.fields, zap.String("token", token.ShortHash(tok)), zap.Duration("ttl", ttl))
+	x.tok = tok
 	x.w.Header().Set(headerTTL, strconv.Itoa(int(ttl/time.Second)))
 	x.reply(http.StatusOK, []byte(tok))
 }
@@ -259,19 +268,15 @@ func (s *Server) authorized(x *exchange) bool {
 		return true
 	}
 	err := s.tokens.Check(tok, x.st.caller.Key())
+	x.tok = tok
 	if err == nil {
-		x.fields = append(x.fields, zap.String("token", token.ShortHash(tok)))
 		return true
 	}
 	level := zapcore.InfoLevel
 	if errors.Is(err, token.ErrForeign) {
 		level = zapcore.WarnLevel // a token replayed from another caller
 	}
-	f := []zap.Field{zap.Error(err)}
-	if tok != "" {
-		f = append(f, zap.String("token", token.ShortHash(tok)))
-	}
-	x.note(level, "token refused", f...)
+	x.note(level, "token refused", zap.Error(err))
 	x.reply(http.StatusUnauthorized, bodyUnauthorized)
 	return false
 }
@@ -316,7 +321,7 @@ func (s *Server) target(x *exchange) (target, bool) {
 			return target{}, false
 		}
 		f := strings.SplitN(role.ARN, ":", 6) // validated by Select
-		x.fields = append(x.fields, zap.String("role_arn", role.ARN))
+		x.roleARN = role.ARN
 		return target{
 			name: role.Name, arn: role.ARN, partition: f[1], account: f[4],
 			req: creds.Request{
@@ -336,7 +341,7 @@ func (s *Server) target(x *exchange) (target, bool) {
 			return target{}, false
 		}
 		arn := "arn:" + base.Partition + ":iam::" + base.Account + ":role/" + name
-		x.fields = append(x.fields, zap.String("role_arn", arn))
+		x.roleARN = arn
 		return target{host: true, name: name, arn: arn, partition: base.Partition, account: base.Account}, true
 	default:
 		x.note(zapcore.DebugLevel, "caller maps to no container")
@@ -391,17 +396,28 @@ func (s *Server) vend(x *exchange, t target) {
 	}
 	s.metrics.vend.WithLabelValues(cache, outcome).Observe(d.Seconds())
 
-	audit := append(x.callerFields(),
-		zap.String("role_arn", t.arn),
-		zap.String("cache", cache),
-		zap.String("outcome", outcome),
-		zap.Duration("duration", d),
-	)
-	if tok := x.r.Header.Get(headerToken); tok != "" {
-		audit = append(audit, zap.String("token", token.ShortHash(tok)))
+	level := zapcore.InfoLevel
+	if err != nil {
+		level = zapcore.WarnLevel
+	}
+	if ce := s.log.Check(level, "credential vend"); ce != nil {
+		audit := append(x.callerFields(),
+			zap.String("role_arn", t.arn),
+			zap.String("cache", cache),
+			zap.String("outcome", outcome),
+			zap.Duration("duration", d),
+		)
+		if x.tok != "" {
+			audit = append(audit, zap.String("token", token.ShortHash(x.tok)))
+		}
+		if err != nil {
+			audit = append(audit, zap.Error(err))
+		} else {
+			audit = append(audit, zap.Time("expiration", c.Expiration))
+		}
+		ce.Write(audit...)
 	}
 	if err != nil {
-		s.log.Warn("credential vend", append(audit, zap.Error(err))...)
 		x.note(zapcore.WarnLevel, "credentials unavailable")
 		switch {
 		case errors.Is(err, creds.ErrUpstream):
@@ -413,7 +429,6 @@ func (s *Server) vend(x *exchange, t target) {
 		}
 		return
 	}
-	s.log.Info("credential vend", append(audit, zap.Time("expiration", c.Expiration))...)
 	x.reply(http.StatusOK, c.IMDSJSON(x.route.extended))
 }
 

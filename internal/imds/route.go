@@ -85,7 +85,7 @@ func parseRoute(path string) route {
 // parseTTL parses X-aws-ec2-metadata-token-ttl-seconds: decimal digits
 // only (no sign, no spaces), 1..maxTTL.
 func parseTTL(v string, maxTTL time.Duration) (time.Duration, bool) {
-	if v == "" || len(v) > 6 {
+	if v == "" {
 		return 0, false
 	}
 	for i := 0; i < len(v); i++ {
@@ -93,7 +93,7 @@ func parseTTL(v string, maxTTL time.Duration) (time.Duration, bool) {
 			return 0, false
 		}
 	}
-	n, err := strconv.Atoi(v)
+	n, err := strconv.ParseUint(v, 10, 32) // leading zeros are fine; overflow is not
 	if err != nil || n < 1 || time.Duration(n)*time.Second > maxTTL {
 		return 0, false
 	}

@@ -10,7 +10,6 @@ package roles
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -68,14 +67,61 @@ const (
 	maxExternalIDLen = 1224
 )
 
-var (
-	roleNameRE   = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
-	accountRE    = regexp.MustCompile(`^[0-9]{12}$`)
-	externalIDRE = regexp.MustCompile(`^[\w+=,.@:/-]+$`) // length checked apart: RE2 caps repeats at 1000
-	// Partitions are matched by shape, not by list, so a new partition
-	// needs no release; cross-partition roles are refused anyway.
-	partitionRE = regexp.MustCompile(`^aws(-[a-z]+)*$`)
-)
+// Character classes from the IAM and STS API references. Hand-written
+// rather than regexps: Select runs on every credential request.
+func isWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_'
+}
+
+func allBytes(s string, ok func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// validRoleName: [\w+=,.@-]{1,64}.
+func validRoleName(s string) bool {
+	return len(s) >= 1 && len(s) <= maxRoleNameLen && allBytes(s, func(c byte) bool {
+		return isWordByte(c) || strings.IndexByte("+=,.@-", c) >= 0
+	})
+}
+
+// validAccount: 12 digits.
+func validAccount(s string) bool {
+	return len(s) == 12 && allBytes(s, func(c byte) bool { return c >= '0' && c <= '9' })
+}
+
+// validExternalID: [\w+=,.@:/-]{2,1224}.
+func validExternalID(s string) bool {
+	return len(s) >= minExternalIDLen && len(s) <= maxExternalIDLen && allBytes(s, func(c byte) bool {
+		return isWordByte(c) || strings.IndexByte("+=,.@:/-", c) >= 0
+	})
+}
+
+// validPartition: aws, or aws followed by -lowercase groups (aws-cn,
+// aws-us-gov, aws-iso-b, ...). Matched by shape, not by list, so a new
+// partition needs no release; cross-partition roles are refused anyway.
+func validPartition(s string) bool {
+	rest, ok := strings.CutPrefix(s, "aws")
+	if !ok {
+		return false
+	}
+	if rest == "" {
+		return true
+	}
+	if rest, ok = strings.CutPrefix(rest, "-"); !ok {
+		return false
+	}
+	for _, group := range strings.Split(rest, "-") {
+		if group == "" || !allBytes(group, func(c byte) bool { return c >= 'a' && c <= 'z' }) {
+			return false
+		}
+	}
+	return true
+}
 
 // New validates cfg and returns its Policy.
 func New(cfg Config) (*Policy, error) {
@@ -123,7 +169,7 @@ func (p *Policy) Select(labels map[string]string, base Base) (Role, error) {
 		return Role{}, ErrNoLabel
 	}
 	value = strings.TrimSpace(value)
-	if !partitionRE.MatchString(base.Partition) || !accountRE.MatchString(base.Account) {
+	if !validPartition(base.Partition) || !validAccount(base.Account) {
 		return Role{}, fmt.Errorf("select role %q: base account %q partition %q: %w", value, base.Account, base.Partition, ErrBase)
 	}
 	r, err := parseRole(value, base)
@@ -132,7 +178,7 @@ func (p *Policy) Select(labels map[string]string, base Base) (Role, error) {
 	}
 	if ext, ok := labels[p.externalIDLabel]; ok {
 		ext = strings.TrimSpace(ext)
-		if len(ext) < minExternalIDLen || len(ext) > maxExternalIDLen || !externalIDRE.MatchString(ext) {
+		if !validExternalID(ext) {
 			return Role{}, fmt.Errorf("label %s: want %d..%d characters of [A-Za-z0-9_+=,.@:/-]: %w",
 				p.externalIDLabel, minExternalIDLen, maxExternalIDLen, ErrMalformed)
 		}
@@ -174,7 +220,7 @@ func parseRole(value string, base Base) (Role, error) {
 	}
 	if strings.HasPrefix(value, "arn:") {
 		partition, account, path, name := splitRoleARN(value)
-		if !partitionRE.MatchString(partition) || !accountRE.MatchString(account) || path == "" {
+		if !validPartition(partition) || !validAccount(account) || path == "" {
 			return Role{}, fmt.Errorf("want arn:<partition>:iam::<12-digit account>:role/[path/]<name>: %w", ErrMalformed)
 		}
 		if err := checkPathName(path, name); err != nil {
@@ -209,7 +255,7 @@ func splitRoleARN(arn string) (partition, account, path, name string) {
 }
 
 func checkPathName(path, name string) error {
-	if !roleNameRE.MatchString(name) {
+	if !validRoleName(name) {
 		return fmt.Errorf("role name %q: want 1..%d characters of [A-Za-z0-9_+=,.@-]: %w", name, maxRoleNameLen, ErrMalformed)
 	}
 	if len(path) > maxRolePathLen {
@@ -258,7 +304,7 @@ func globMatch(pattern, s string) bool {
 // STS GetCallerIdentity reports for Roles Anywhere and EC2 sessions.
 func ParseBaseARN(arn string) (Base, string, error) {
 	f := strings.SplitN(arn, ":", 6)
-	if len(f) != 6 || f[0] != "arn" || !partitionRE.MatchString(f[1]) || f[3] != "" || !accountRE.MatchString(f[4]) {
+	if len(f) != 6 || f[0] != "arn" || !validPartition(f[1]) || f[3] != "" || !validAccount(f[4]) {
 		return Base{}, "", fmt.Errorf("parse base arn %q: %w", arn, ErrBase)
 	}
 	base := Base{Partition: f[1], Account: f[4]}
@@ -269,7 +315,7 @@ func ParseBaseARN(arn string) (Base, string, error) {
 	case f[2] == "sts" && strings.HasPrefix(f[5], "assumed-role/"):
 		name, _, _ = strings.Cut(strings.TrimPrefix(f[5], "assumed-role/"), "/")
 	}
-	if !roleNameRE.MatchString(name) {
+	if !validRoleName(name) {
 		return Base{}, "", fmt.Errorf("parse base arn %q: not a role or assumed-role arn: %w", arn, ErrBase)
 	}
 	return base, name, nil

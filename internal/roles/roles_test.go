@@ -252,3 +252,29 @@ func FuzzSelect(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidators checks the hand-written validators against the regexps
+// of the IAM/STS references they implement.
+func FuzzValidators(f *testing.F) {
+	for _, s := range []string{"", "a", "aws", "aws-cn", "aws-us-gov", "aws-", "aws--cn", "awsx", "123456789012", "12345678901a", "a_Z0+=,.@-", "ext:id/x", strings.Repeat("a", 64), strings.Repeat("a", 65)} {
+		f.Add(s)
+	}
+	nameRE := regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
+	accountRE := regexp.MustCompile(`^[0-9]{12}$`)
+	partitionRE := regexp.MustCompile(`^aws(-[a-z]+)*$`)
+	extRE := regexp.MustCompile(`^[\w+=,.@:/-]+$`)
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := validRoleName(s), nameRE.MatchString(s); got != want {
+			t.Errorf("validRoleName(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := validAccount(s), accountRE.MatchString(s); got != want {
+			t.Errorf("validAccount(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := validPartition(s), partitionRE.MatchString(s); got != want {
+			t.Errorf("validPartition(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := validExternalID(s), len(s) >= 2 && len(s) <= 1224 && extRE.MatchString(s); got != want {
+			t.Errorf("validExternalID(%q) = %v, regexp says %v", s, got, want)
+		}
+	})
+}
