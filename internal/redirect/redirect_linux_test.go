@@ -613,3 +613,57 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestIPv6FromOtherNamespace: with NSTarget6 set (an IPv6-enabled network),
+// fd00:ec2::254 from a container namespace reaches the proxy on the dummy
+// interface's ULA and is recorded like IPv4.
+func TestIPv6FromOtherNamespace(t *testing.T) {
+	testenv.Blackhole(t)
+	t.Parallel()
+	cg := newCgroups(t)
+	pins := pinDir(t)
+	ns := newNetns(t)
+	id := randHex(t, 2)
+	hostIP6 := netip.MustParseAddr("fd70:" + id + "::1")
+	nsIP6 := netip.MustParseAddr("fd70:" + id + "::2")
+	target6 := netip.MustParseAddr("fd71:" + id + "::1")
+	for _, args := range [][]string{
+		{"-6", "addr", "add", hostIP6.String() + "/64", "dev", ns.hostVeth, "nodad"},
+		{"-n", ns.name, "-6", "addr", "add", nsIP6.String() + "/64", "dev", "eth0", "nodad"},
+		{"-n", ns.name, "-6", "route", "add", target6.String() + "/128", "via", hostIP6.String()},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	_, host := listen(t, "tcp4", "127.0.0.1:0")
+	_, probe := listen(t, "tcp4", "127.0.0.1:0")
+	cfg := baseConfig(t, cg, pins, host)
+	cfg.NoInterface = false
+	cfg.Interface = ns.dummy
+	cfg.NSTarget6 = netip.AddrPortFrom(target6, probe.Port())
+	r := newRedirector(t, cfg)
+	ln6, _ := listen(t, "tcp6", cfg.NSTarget6.String())
+
+	dial := "[fd00:ec2::254]:80"
+	c := startClient(t, dialOpts{cgroup: cg.child, netns: ns.name, dial: dial, family: 6})
+	conn, ok := c.connected()
+	if !ok {
+		t.Fatalf("connect: %+v", conn)
+	}
+	if conn.Peer != dial {
+		t.Errorf("getpeername = %s, want %s", conn.Peer, dial)
+	}
+	peer := accept(t, ln6)
+	if peer.Addr() != nsIP6 {
+		t.Errorf("server saw %s, want %s", peer, nsIP6)
+	}
+	rec, err := r.Lookup(peer)
+	if err != nil {
+		t.Fatalf("Lookup(%s): %v", peer, err)
+	}
+	if rec.CgroupID != cg.childID || rec.HostNetns || rec.OrigDst.String() != dial || rec.Target != cfg.NSTarget6 {
+		t.Errorf("record = %+v", rec)
+	}
+	c.done()
+}
