@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
@@ -543,7 +544,7 @@ func (x *Index) inspectAndApply(ctx context.Context, id string) (Container, bool
 	v0 := x.version
 	x.mu.RUnlock()
 	resp, err := x.cli.ContainerInspect(ctx, id)
-	if client.IsErrNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		x.remove(id, "not found")
 		return Container{}, false, nil
 	}
