@@ -193,3 +193,51 @@ func TestBotocore(t *testing.T) {
 		t.Errorf("botocore did not use IMDSv2 (no token minted)")
 	}
 }
+
+const jsScript = `
+const { fromInstanceMetadata } = require(process.env.PDR_IMDS_MODULE);
+fromInstanceMetadata({ timeout: 5000, maxRetries: 0 })()
+  .then(c => console.log(JSON.stringify({ access_key: c.accessKeyId, secret_key: c.secretAccessKey, token: c.sessionToken, expiration: c.expiration.toISOString() })))
+  .catch(e => { console.log(JSON.stringify({ error: String(e) })); });
+`
+
+// TestJSSDK runs the JS SDK v3 IMDS provider (@smithy/credential-provider-imds)
+// when PDR_NODE_MODULES names a node_modules directory holding it (the
+// registry package is not vendored, so CI skips this; see the report).
+func TestJSSDK(t *testing.T) {
+	t.Parallel()
+	dir := os.Getenv("PDR_NODE_MODULES")
+	node, err := exec.LookPath("node")
+	if dir == "" || err != nil {
+		t.Skip("set PDR_NODE_MODULES to a node_modules with @smithy/credential-provider-imds (and have node) to run")
+	}
+	testenv.Blackhole(t)
+	h, want := liveHarness(t, Config{})
+	h.ident.mu.Lock()
+	h.ident.byIP[mustAddr("127.0.0.1")] = callers["app"]
+	h.ident.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "-e", jsScript)
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + t.TempDir(),
+		"PDR_IMDS_MODULE=" + filepath.Join(dir, "@smithy", "credential-provider-imds"),
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT=http://" + h.addr,
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("node output %q: %v", out, err)
+	}
+	if got["access_key"] != want.AccessKeyID || got["secret_key"] != want.SecretAccessKey || got["token"] != want.SessionToken ||
+		got["expiration"] != want.Expiration.UTC().Format("2006-01-02T15:04:05.000Z") {
+		t.Fatalf("JS SDK got %v", got)
+	}
+	if v := counterValue(t, h.reg, "pdr_imds_requests_total", map[string]string{"route": "token", "status": "200"}); v < 1 {
+		t.Errorf("JS SDK did not use IMDSv2 (no token minted)")
+	}
+}
