@@ -1,8 +1,3 @@
-// Package imds serves the IMDSv2 subset that containers' AWS SDKs use
-// (DESIGN.md §2): session tokens minted here, the role list, the role's
-// credentials (legacy and -extended), and iam/info. Each connection is
-// identified once; every credential path needs our own token (unless
-// IMDSv1 is allowed); nothing is ever forwarded upstream.
 package imds
 
 import (
