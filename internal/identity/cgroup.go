@@ -68,9 +68,16 @@ func (s *Cgroup) Identify(ctx context.Context, peer, local netip.AddrPort) (Call
 	if err != nil {
 		return Caller{}, fmt.Errorf("identify cgroup %d (peer %s): %w", rec.CgroupID, peer, err)
 	}
-	if ok {
+	switch {
+	case ok:
 		caller.Kind = KindContainer
 		caller.Container = c
+	case !rec.HostNetns:
+		// Not a container's cgroup, yet not in the host's network
+		// namespace: a process that left its container's cgroup (possible
+		// with CAP_SYS_ADMIN in the host cgroup namespace) or a foreign
+		// namespace. Host-caller rights belong to the host namespace only.
+		caller.Kind = KindUnknown
 	}
 	return caller, nil
 }
