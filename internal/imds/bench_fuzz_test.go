@@ -40,7 +40,8 @@ func warmRequest(b testing.TB, log *zap.Logger) (*Server, *http.Request) {
 		b.Fatal(err)
 	}
 	peer := netip.AddrPortFrom(mustAddr(callers["app"].ip), 40000)
-	st := &connState{peer: peer}
+	st := &connState{peer: peer, done: make(chan struct{})}
+	srv.resolve(context.Background(), st)
 	ctx := context.WithValue(context.Background(), connKey{}, st)
 
 	put := httptest.NewRequest("PUT", pToken, nil).WithContext(ctx)

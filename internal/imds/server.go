@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,7 +93,7 @@ func New(cfg Config, deps Deps, log *zap.Logger, reg prometheus.Registerer) (*Se
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return s.baseCtx },
-		ConnContext:       connContext,
+		ConnContext:       s.connContext,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
 	return s, nil
@@ -136,23 +135,35 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// connState is the per-connection identity. It is resolved lazily, once,
-// by the connection's first request rather than inside ConnContext: the
-// http.Server calls ConnContext on its accept loop, and an Identify that
-// has to ask dockerd (a container seen before its start event) would stall
-// every other caller's accept.
+// connState is the per-connection identity. ConnContext starts its
+// resolution at accept time, on its own goroutine: the http.Server calls
+// ConnContext on its accept loop, and an Identify that has to ask dockerd
+// (a container seen before its start event) must not stall every other
+// caller's accept. Starting at accept rather than at the first request
+// also consumes the kernel's redirect record while it is fresh.
 type connState struct {
 	peer, local netip.AddrPort
 
-	once   sync.Once
+	done   chan struct{} // closed once caller and err are set
 	caller identity.Caller
 	err    error
 }
 
 type connKey struct{}
 
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, connKey{}, &connState{peer: addrPort(c.RemoteAddr()), local: addrPort(c.LocalAddr())})
+func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
+	st := &connState{peer: addrPort(c.RemoteAddr()), local: addrPort(c.LocalAddr()), done: make(chan struct{})}
+	// Bounded by IdentifyTimeout, and by ctx (the server's base context,
+	// cancelled at the end of Shutdown).
+	go s.resolve(ctx, st)
+	return context.WithValue(ctx, connKey{}, st)
+}
+
+func (s *Server) resolve(ctx context.Context, st *connState) {
+	defer close(st.done)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.IdentifyTimeout)
+	defer cancel()
+	st.caller, st.err = s.ident.Identify(ctx, st.peer, st.local)
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -167,20 +178,22 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// identify returns the caller of the request's connection, calling the
-// Identifier on the first request only.
+// identify returns the caller of the request's connection, waiting for
+// the resolution ConnContext started.
 func (s *Server) identify(r *http.Request) (*connState, error) {
 	st, ok := r.Context().Value(connKey{}).(*connState)
 	if !ok {
 		// A handler driven without our http.Server (tests, embedding):
 		// identify from the request's RemoteAddr, for this request only.
 		ap, _ := netip.ParseAddrPort(r.RemoteAddr)
-		st = &connState{peer: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+		st = &connState{peer: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), done: make(chan struct{})}
+		s.resolve(r.Context(), st)
 	}
-	st.once.Do(func() {
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.IdentifyTimeout)
-		defer cancel()
-		st.caller, st.err = s.ident.Identify(ctx, st.peer, st.local)
-	})
-	return st, st.err
+	select {
+	case <-st.done:
+		return st, st.err
+	case <-r.Context().Done():
+		err := fmt.Errorf("identify %s: %w", st.peer, r.Context().Err())
+		return &connState{peer: st.peer, local: st.local, err: err}, err
+	}
 }

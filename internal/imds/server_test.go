@@ -547,3 +547,74 @@ func (hangingIdentifier) Identify(ctx context.Context, _, _ netip.AddrPort) (ide
 	<-ctx.Done()
 	return identity.Caller{}, ctx.Err()
 }
+
+// TestIdentifiedAtAccept: resolution starts when the connection is
+// accepted, before any request, so the redirect record is read fresh.
+func TestIdentifiedAtAccept(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpt{})
+	h.dial(t, "app") // no request sent
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, total := h.ident.Calls(); total == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("connection accepted but not identified without a request")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHangingIdentifierThroughServer: a stuck Identify costs the caller
+// IdentifyTimeout and a 503 + close, and does not block other callers'
+// accepts.
+func TestHangingIdentifierThroughServer(t *testing.T) {
+	t.Parallel()
+	ident := &selectiveHang{fakeIdentifier: newFakeIdentifier(), hang: mustAddr(callers["other"].ip)}
+	srv, err := New(Config{IdentifyTimeout: 1500 * time.Millisecond}, Deps{Identifier: ident, Broker: newFakeBroker()}, quietLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	h := &harness{addr: ln.Addr().String()}
+
+	stuck, _ := h.client(t, "other")
+	res := make(chan [2]any, 1)
+	start := time.Now()
+	go func() {
+		code, _, closed := do(t, stuck, "PUT", pToken, ttl21600)
+		res <- [2]any{code, closed}
+	}()
+	// Meanwhile another caller is accepted and served at once.
+	time.Sleep(50 * time.Millisecond)
+	fast, _ := h.client(t, "app")
+	t1 := time.Now()
+	if code, _, _ := do(t, fast, "PUT", pToken, ttl21600); code != 200 || time.Since(t1) > 750*time.Millisecond {
+		t.Fatalf("other caller: %d after %s while one Identify hangs", code, time.Since(t1))
+	}
+	r := <-res
+	if r[0] != 503 || r[1] != true || time.Since(start) < 1400*time.Millisecond {
+		t.Fatalf("hanging caller: status %v close %v after %s", r[0], r[1], time.Since(start))
+	}
+}
+
+type selectiveHang struct {
+	*fakeIdentifier
+	hang netip.Addr
+}
+
+func (s *selectiveHang) Identify(ctx context.Context, peer, local netip.AddrPort) (identity.Caller, error) {
+	if peer.Addr() == s.hang {
+		<-ctx.Done()
+		return identity.Caller{}, ctx.Err()
+	}
+	return s.fakeIdentifier.Identify(ctx, peer, local)
+}
