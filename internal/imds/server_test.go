@@ -589,9 +589,16 @@ func TestHangingIdentifierThroughServer(t *testing.T) {
 	stuck, _ := h.client(t, "other")
 	res := make(chan [2]any, 1)
 	start := time.Now()
-	go func() {
-		code, _, closed := do(t, stuck, "PUT", pToken, ttl21600)
-		res <- [2]any{code, closed}
+	go func() { // no t.Fatal off the test goroutine: report through res
+		req, _ := http.NewRequest("PUT", "http://169.254.169.254"+pToken, nil)
+		req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+		resp, err := stuck.Do(req)
+		if err != nil {
+			res <- [2]any{err, false}
+			return
+		}
+		resp.Body.Close()
+		res <- [2]any{resp.StatusCode, resp.Close}
 	}()
 	// Meanwhile another caller is accepted and served at once.
 	time.Sleep(50 * time.Millisecond)
