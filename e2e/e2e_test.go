@@ -78,7 +78,10 @@ func daemonBinary(t *testing.T) string {
 
 func (e env) start(t *testing.T, cfg stack.Config) *stack.Stack {
 	t.Helper()
-	cfg.Daemon, cfg.Docker, cfg.HelperPath = e.daemon, e.cli, e.helper
+	cfg.Daemon, cfg.HelperPath = e.daemon, e.helper
+	if cfg.Docker == nil {
+		cfg.Docker = e.cli
+	}
 	cfg.WorkDir = t.TempDir()
 	cfg.Log = zaptest.NewLogger(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

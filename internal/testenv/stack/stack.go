@@ -43,6 +43,9 @@ import (
 type Config struct {
 	Daemon string // per-docker-roles binary (required)
 	Docker *client.Client
+	// DockerHost is the daemon's --docker-host: the engine Docker talks
+	// to ("" = the system dockerd).
+	DockerHost string
 	// WorkDir holds PKI, logs and the helper's HOME (required).
 	WorkDir string
 	// HelperPath is aws_signing_helper; empty builds it (cached).
@@ -190,7 +193,7 @@ func dockerCgroup(ctx context.Context, cli *client.Client) (string, error) {
 
 // DaemonArgs is the daemon's command line.
 func (s *Stack) DaemonArgs() []string {
-	return append([]string{
+	args := []string{
 		"--proxy-port", strconv.Itoa(s.ProxyPort),
 		"--admin-listen", strings.TrimPrefix(s.AdminURL, "http://"),
 		"--upstream", s.Up.HelperURL,
@@ -200,7 +203,11 @@ func (s *Stack) DaemonArgs() []string {
 		"--bpf-pin-dir", s.PinDir,
 		"--log-format", "json",
 		"--log-level", "debug",
-	}, s.cfg.DaemonArgs...)
+	}
+	if s.cfg.DockerHost != "" {
+		args = append(args, "--docker-host", s.cfg.DockerHost)
+	}
+	return append(args, s.cfg.DaemonArgs...)
 }
 
 // StartDaemon starts per-docker-roles and waits until /readyz answers 200.
