@@ -121,12 +121,11 @@ func TestRestarts(t *testing.T) {
 				t.Fatalf("credentials served while the daemon is down: %s", r.Stdout)
 			}
 			if !kill {
-				// Graceful stop clears the target: the kernel refuses.
+				// Graceful stop clears the target: the kernel refuses
+				// (EPERM; the SDK retries it into a timeout, so the
+				// counter is the evidence).
 				if after := refused(t, s); after <= before {
 					t.Errorf("refused counter %d → %d: connection was not refused by the redirect", before, after)
-				}
-				if errText := str(r.Lines[0], "error"); !strings.Contains(errText, "operation not permitted") {
-					t.Errorf("client error %q does not show EPERM from the redirect", errText)
 				}
 			}
 			if err := s.StartDaemon(context.Background()); err != nil {
