@@ -25,4 +25,4 @@ fi
 ip route add blackhole 169.254.169.254/32 2>/dev/null || true
 ip -6 route add blackhole fd00:ec2::254/128 2>/dev/null || true
 [ -x bin/per-docker-roles ] || make build
-exec go run ./scripts/demo --daemon bin/per-docker-roles "$@"
+exec go run ./scripts/demo --daemon bin/per-docker-roles "$@"  # --keep keeps logs, -v shows the harness log

@@ -105,7 +105,11 @@ func run(ctx context.Context, daemon string, keep, verbose bool) error {
 	}()
 	fmt.Printf("    base role (from Roles Anywhere): %s\n", s.Up.RoleARN)
 	fmt.Printf("    helper: %s   daemon admin: %s   eBPF attached to %s\n", s.Up.HelperURL, s.AdminURL, s.CgroupPath)
-	fmt.Printf("    daemon log: %s\n", s.LogPath)
+	if keep {
+		fmt.Printf("    daemon log: %s\n", s.LogPath)
+	} else {
+		fmt.Printf("    daemon log: %s (removed on exit; run with --keep to keep it)\n", s.LogPath)
+	}
 
 	type row struct {
 		name, image, sdk, role string
@@ -152,7 +156,7 @@ func run(ctx context.Context, daemon string, keep, verbose bool) error {
 func shorten(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.LastIndex(s, "StatusCode: "); i >= 0 {
-		return "IMDS answered " + strings.Fields(s[i+len("StatusCode: "):])[0]
+		return "IMDS answered " + strings.TrimRight(strings.Fields(s[i+len("StatusCode: "):])[0], ",")
 	}
 	if len(s) > 80 {
 		s = s[:80] + "..."
