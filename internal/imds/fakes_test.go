@@ -16,6 +16,7 @@ import (
 	"github.com/per-docker-roles/per-docker-roles/internal/creds"
 	"github.com/per-docker-roles/per-docker-roles/internal/docker"
 	"github.com/per-docker-roles/per-docker-roles/internal/identity"
+	"github.com/per-docker-roles/per-docker-roles/internal/token"
 )
 
 // t0 is the fake clock's start; every fixed credential is relative to it,
@@ -280,3 +281,7 @@ func (h *harness) dial(t testing.TB, who string) net.Conn {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func tokenCfg(total, perCaller int) token.Config {
+	return token.Config{MaxTokens: total, MaxPerCaller: perCaller}
+}

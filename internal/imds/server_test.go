@@ -625,3 +625,44 @@ func (s *selectiveHang) Identify(ctx context.Context, peer, local netip.AddrPort
 	}
 	return s.fakeIdentifier.Identify(ctx, peer, local)
 }
+
+// TestTokenFloodOverHTTP: thousands of token PUTs from several callers
+// over keep-alive connections leave the table within its caps, and every
+// caller's newest token still works. Bounded in count (4 callers × 1500).
+func TestTokenFloodOverHTTP(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpt{cfg: Config{Tokens: tokenCfg(256, 32)}, log: zap.NewNop()})
+	var wg sync.WaitGroup
+	for _, who := range []string{"app", "other", "host", "unknown"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _ := h.client(t, who)
+			var last string
+			for range 1500 {
+				req, _ := http.NewRequest("PUT", "http://169.254.169.254"+pToken, nil)
+				req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				last = string(b)
+			}
+			key := callers[who].caller
+			key.Peer = netip.AddrPortFrom(mustAddr(callers[who].ip), 0) // unknown callers are keyed by IP
+			if err := h.srv.tokens.Check(last, key.Key()); err != nil {
+				t.Errorf("%s: newest token after the flood: %v", who, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.srv.tokens.Len(); n > 4*32 {
+		t.Fatalf("%d tokens held after 6000 PUTs, caps 256 total / 32 per caller", n)
+	}
+	if v := counterValue(t, h.reg, "pdr_imds_tokens_live", nil); v != float64(h.srv.tokens.Len()) {
+		t.Fatalf("live gauge %v, table %d", v, h.srv.tokens.Len())
+	}
+}
