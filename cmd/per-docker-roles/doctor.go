@@ -1,12 +1,46 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/per-docker-roles/per-docker-roles/internal/config"
+	"github.com/per-docker-roles/per-docker-roles/internal/doctor"
 )
 
-// doctorCommand checks this host; see internal/doctor.
+// doctorCommand checks this host with the daemon's flags and environment
+// (so it sees what the daemon would) and prints the checklist. Exit code 1
+// when a check failed, 2 for usage errors.
 func doctorCommand(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "per-docker-roles doctor: not built yet")
-	return 1
+	cfg, fs, err := config.Parse("per-docker-roles doctor", args, os.Getenv)
+	fs.SetOutput(stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "per-docker-roles doctor: %v\n", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "per-docker-roles doctor: unexpected argument %q (takes the daemon's flags)\n", fs.Arg(0))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// Each check has its own timeout; this bounds the whole run as well.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	rep := doctor.Run(ctx, cfg, doctor.Deps{})
+	if err := rep.Print(stdout); err != nil {
+		fmt.Fprintf(stderr, "per-docker-roles doctor: %v\n", err)
+		return 1
+	}
+	return rep.ExitCode()
 }
