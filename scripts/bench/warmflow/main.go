@@ -170,4 +170,3 @@ func freePort() int {
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-
