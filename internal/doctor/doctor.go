@@ -188,6 +188,9 @@ type Deps struct {
 // DefaultTimeout bounds one check.
 const DefaultTimeout = 5 * time.Second
 
+// answerGrace is how long a timed-out check may still answer for itself.
+const answerGrace = 250 * time.Millisecond
+
 // Run checks this host against cfg and returns the checklist.
 func Run(ctx context.Context, cfg config.Config, deps Deps) Report {
 	s := newState(cfg, deps)
@@ -221,11 +224,14 @@ func runOne(ctx context.Context, c Check, timeout time.Duration) Result {
 	case r := <-ch:
 		return r
 	case <-cctx.Done():
-		// Prefer an answer that raced with the deadline.
+		// A check that honours ctx answers right after the deadline with
+		// a better account of what hung than ours.
+		grace := time.NewTimer(answerGrace)
+		defer grace.Stop()
 		select {
 		case r := <-ch:
 			return r
-		default:
+		case <-grace.C:
 		}
 		return Result{Status: Fail, Detail: fmt.Sprintf("no answer within %v", timeout),
 			Fix: "the component this check talks to hangs; see the detail of the checks below and the daemon's log"}

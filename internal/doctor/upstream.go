@@ -203,7 +203,7 @@ func (s *state) checkSTS(ctx context.Context) Result {
 		if errors.As(err, &api) {
 			switch api.ErrorCode() {
 			case "SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken", "RequestExpired":
-				fix = "STS rejected the base credentials: check the host clock (timedatectl; SigV4 allows 5 minutes of skew) and that the upstream serves current credentials"
+				fix = "STS rejected the base credentials: check the host clock (timedatectl; SigV4 allows 5 minutes of skew), that --region matches the --sts-endpoint, and that the upstream serves current credentials"
 			}
 		}
 		return Result{Status: Fail, Detail: fmt.Sprintf("GetCallerIdentity at %s: %v", where, err), Fix: fix}
