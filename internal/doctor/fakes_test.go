@@ -88,8 +88,8 @@ func (f *fakeDocker) Ping(context.Context) (types.Ping, error) {
 }
 
 func (f *fakeDocker) ServerVersion(context.Context) (types.Version, error) { return f.version, nil }
-func (f *fakeDocker) Info(context.Context) (system.Info, error)           { return f.info, nil }
-func (f *fakeDocker) DaemonHost() string                                  { return "unix:///fake/docker.sock" }
+func (f *fakeDocker) Info(context.Context) (system.Info, error)            { return f.info, nil }
+func (f *fakeDocker) DaemonHost() string                                   { return "unix:///fake/docker.sock" }
 
 func (f *fakeDocker) ContainerList(_ context.Context, o container.ListOptions) ([]container.Summary, error) {
 	labels := o.Filters.Get("label")

@@ -176,7 +176,9 @@ func TestKernelChecks(t *testing.T) {
 		}, "bpf helpers", Fail, "lruhash map"},
 		{"odd probe error", nil, func(h *hostProbes) { h.mapType = func(ebpf.MapType) error { return errors.New("weird") } }, "bpf helpers", Warn, "weird"},
 		{"no btf", nil, func(h *hostProbes) { h.btf = func() error { return syscall.ENOENT } }, "btf", Warn, "not needed"},
-		{"no cgroup2", nil, func(h *hostProbes) { h.cgroup2 = func() (string, error) { return "", errors.New("no cgroup2 filesystem mounted") } }, "cgroup2", Fail, "no cgroup2"},
+		{"no cgroup2", nil, func(h *hostProbes) {
+			h.cgroup2 = func() (string, error) { return "", errors.New("no cgroup2 filesystem mounted") }
+		}, "cgroup2", Fail, "no cgroup2"},
 		{"no cgroup2 without the redirect", redirectOff, func(h *hostProbes) { h.cgroup2 = func() (string, error) { return "", errors.New("none") } }, "cgroup2", Warn, "does not need it"},
 		{"attach point missing", func(c *config.Config) { c.CgroupPath = "/sys/fs/cgroup/nope" }, func(h *hostProbes) {
 			h.cgroupID = func(d string) (uint64, error) {

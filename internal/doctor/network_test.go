@@ -199,7 +199,11 @@ func TestUpstreamFailures(t *testing.T) {
 		{"no role", func(w *world) { w.upstream.role = "" }, Fail, "404", "instance profile"},
 		{"nothing listening", func(w *world) { w.cfg.Upstream = "http://127.0.0.1:1" }, Fail, "connection refused", "aws-signing-helper.service"},
 		{"code not success", func(w *world) {
-			w.upstream.doc = func() map[string]any { d := credDoc("a", "b", "c", time.Now().Add(time.Hour)); d["Code"] = "Failure"; return d }
+			w.upstream.doc = func() map[string]any {
+				d := credDoc("a", "b", "c", time.Now().Add(time.Hour))
+				d["Code"] = "Failure"
+				return d
+			}
 		}, Fail, `Code "Failure"`, "--upstream"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -348,7 +352,9 @@ func TestRedirectAndDaemonStates(t *testing.T) {
 		{"other proxy port", func(w *world) { w.deps.readStatus = attachedPins(9999) }, "redirect", Warn, "port 9999 but --proxy-port is 9910", 0},
 		{"attached elsewhere", func(w *world) { w.cfg.CgroupPath = "/sys/fs/cgroup/docker" }, "redirect", Warn, "--cgroup-path resolves to cgroup 4242", 0},
 		{"no permission", func(w *world) {
-			w.deps.readStatus = func(string) (redirect.Status, error) { return redirect.Status{}, fmt.Errorf("open: %w", redirect.ErrPermission) }
+			w.deps.readStatus = func(string) (redirect.Status, error) {
+				return redirect.Status{}, fmt.Errorf("open: %w", redirect.ErrPermission)
+			}
 		}, "redirect", Warn, "cannot read the pins", 0},
 		{"redirect off", func(w *world) { w.cfg.Redirect = "off" }, "redirect", Skip, "--redirect=off", 0},
 		{"daemon not ready", func(w *world) { *w.ready = http.StatusServiceUnavailable }, "daemon", Fail, "empty keys", 1},
