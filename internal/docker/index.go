@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -394,6 +395,14 @@ func (x *Index) resolveCgroup(ctx context.Context, id uint64) (*Container, error
 		if err != nil {
 			return nil, fmt.Errorf("resolve cgroup %d (%s): %w", id, p, err)
 		}
+		if ok && c.CgroupPath == "" && c.Pid == 0 {
+			// Starting (see startingEntry): the caller's own cgroup path
+			// names the container, which is all the kernel can tell us.
+			c.CgroupPath = containerCgroup(p, c.ID)
+			if cgid, err := cgroup.ID(filepath.Join(x.mount, c.CgroupPath)); err == nil {
+				c.CgroupID = cgid
+			}
+		}
 		if !ok || !underPath(p, c.CgroupPath) {
 			continue // not ours (e.g. a nested engine's container): try the parent
 		}
@@ -500,7 +509,10 @@ func (x *Index) sync(ctx context.Context, full bool) error {
 	x.mu.RLock()
 	v0 := x.version
 	x.mu.RUnlock()
-	list, err := x.cli.ContainerList(ctx, container.ListOptions{})
+	// "created" too: a container's process runs (and may already dial the
+	// metadata address) a moment before dockerd marks it running.
+	list, err := x.cli.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("status", "running"), filters.Arg("status", "created"))})
 	if err != nil {
 		return fmt.Errorf("list containers at %s: %w", x.cli.DaemonHost(), err)
 	}
@@ -563,8 +575,20 @@ func (x *Index) inspectAndApply(ctx context.Context, id string) (Container, bool
 }
 
 func (x *Index) fromInspect(r container.InspectResponse) (*entry, bool) {
-	if r.ContainerJSONBase == nil || r.State == nil || !r.State.Running || r.State.Pid <= 0 {
+	if r.ContainerJSONBase == nil || r.State == nil {
 		return nil, false
+	}
+	if !r.State.Running || r.State.Pid <= 0 {
+		// Between the task starting and dockerd recording it, inspect
+		// says "created" with no pid while the network is already up and
+		// the process may be talking to us: that is the start-up race.
+		// Such an entry has no pid to check; its start event replaces it.
+		// A container created but never started has no IPs and no
+		// processes, so it can be nobody's identity by mistake.
+		if r.State.Status != "created" {
+			return nil, false
+		}
+		return x.startingEntry(r), true
 	}
 	c := Container{
 		ID:   r.ID,
@@ -580,18 +604,7 @@ func (x *Index) fromInspect(r container.InspectResponse) (*entry, bool) {
 	}
 	shared := r.HostConfig != nil && r.HostConfig.NetworkMode.IsContainer()
 	if r.NetworkSettings != nil && !c.HostNetwork && !shared {
-		for _, ep := range r.NetworkSettings.Networks {
-			if ep == nil {
-				continue
-			}
-			for _, s := range []string{ep.IPAddress, ep.GlobalIPv6Address} {
-				if a, err := netip.ParseAddr(s); err == nil && a.IsValid() && !a.IsUnspecified() {
-					c.IPs = append(c.IPs, a.Unmap())
-				}
-			}
-		}
-		slices.SortFunc(c.IPs, func(a, b netip.Addr) int { return a.Compare(b) })
-		c.IPs = slices.Compact(c.IPs)
+		c.IPs = endpointIPs(r.NetworkSettings.Networks)
 	}
 	e := &entry{c: c}
 	p, err := cgroup.ProcPath(c.Pid)
@@ -619,6 +632,42 @@ func (x *Index) fromInspect(r container.InspectResponse) (*entry, bool) {
 		e.c = c
 	}
 	return e, true
+}
+
+// endpointIPs returns the sorted, distinct addresses of a container's
+// network endpoints.
+func endpointIPs(networks map[string]*network.EndpointSettings) []netip.Addr {
+	var ips []netip.Addr
+	for _, ep := range networks {
+		if ep == nil {
+			continue
+		}
+		for _, s := range []string{ep.IPAddress, ep.GlobalIPv6Address} {
+			if a, err := netip.ParseAddr(s); err == nil && a.IsValid() && !a.IsUnspecified() {
+				ips = append(ips, a.Unmap())
+			}
+		}
+	}
+	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(ips)
+}
+
+// startingEntry describes a container dockerd has not marked running yet:
+// identity and addresses, no pid and no cgroup (ByCgroupID supplies the
+// cgroup from the caller's own path).
+func (x *Index) startingEntry(r container.InspectResponse) *entry {
+	c := Container{ID: r.ID, Name: strings.TrimPrefix(r.Name, "/")}
+	if r.Config != nil {
+		c.Labels = maps.Clone(r.Config.Labels)
+	}
+	if r.HostConfig != nil {
+		c.NetworkMode = string(r.HostConfig.NetworkMode)
+		c.HostNetwork = r.HostConfig.NetworkMode.IsHost()
+	}
+	if r.NetworkSettings != nil && !c.HostNetwork && (r.HostConfig == nil || !r.HostConfig.NetworkMode.IsContainer()) {
+		c.IPs = endpointIPs(r.NetworkSettings.Networks)
+	}
+	return &entry{c: c}
 }
 
 // containerCgroup trims a process's cgroup path to the container's own

@@ -166,6 +166,26 @@ func TestFromInspect(t *testing.T) {
 				return r
 			}(),
 		},
+		{
+			name: "exited",
+			in: func() container.InspectResponse {
+				r := base(idA, "x", "bridge", map[string]*network.EndpointSettings{"bridge": {IPAddress: "172.17.0.5"}})
+				r.State.Running, r.State.Pid, r.State.Status = false, 0, "exited"
+				return r
+			}(),
+		},
+		{
+			// The start-up race: the process already runs, dockerd has
+			// not recorded it; network and labels are there already.
+			name: "starting (created, no pid yet)",
+			in: func() container.InspectResponse {
+				r := base(idA, "starting", "bridge", map[string]*network.EndpointSettings{"bridge": {IPAddress: "172.17.0.7"}})
+				r.State.Running, r.State.Pid, r.State.Status = false, 0, "created"
+				return r
+			}(),
+			ok:      true,
+			wantIPs: []netip.Addr{mustAddr("172.17.0.7")},
+		},
 		{name: "empty response", in: container.InspectResponse{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
