@@ -203,3 +203,22 @@ func TestRolesPerContainer(t *testing.T) {
 		}
 	})
 }
+
+// The core-daemon acceptance test: without the redirect, with IP
+// identity, containers that point AWS_EC2_METADATA_SERVICE_ENDPOINT at the
+// proxy each get their own role; an unlabelled one gets none.
+func TestIPModeWithoutRedirect(t *testing.T) {
+	e := setup(t)
+	s := e.start(t, stack.Config{IPMode: true})
+	for _, role := range []string{"app-reader", "app-writer"} {
+		name := fmt.Sprintf("pdr-e2e-ip-%s-%d", role, time.Now().UnixNano()%100000)
+		r := run(t, s, stack.Client{Image: e.goImage, Name: name, Role: role})
+		if r.Exit != 0 || len(r.Lines) == 0 || str(r.Lines[0], "arn") != assumedARN(role, name) {
+			t.Errorf("IP mode, role %s: %s %s", role, r.Stdout, r.Stderr)
+		}
+	}
+	r := run(t, s, stack.Client{Image: e.goImage})
+	if r.Exit == 0 || len(r.Lines) == 0 || str(r.Lines[0], "arn") != "" {
+		t.Errorf("IP mode, unlabelled container received credentials: %s", r.Stdout)
+	}
+}

@@ -54,6 +54,10 @@ type Config struct {
 	BaseSession time.Duration
 	// DaemonArgs are appended to the daemon's command line.
 	DaemonArgs []string
+	// IPMode runs the daemon with --redirect=off --identity=ip, listening
+	// on the stack network's gateway; clients then reach it through
+	// AWS_EC2_METADATA_SERVICE_ENDPOINT, which Run sets.
+	IPMode bool
 	// Roles are extra STS role policies (fakeaws) keyed by role ARN.
 	Upstream testenv.UpstreamConfig
 	Log      *zap.Logger
@@ -207,7 +211,15 @@ func (s *Stack) DaemonArgs() []string {
 	if s.cfg.DockerHost != "" {
 		args = append(args, "--docker-host", s.cfg.DockerHost)
 	}
+	if s.cfg.IPMode {
+		args = append(args, "--redirect=off", "--identity=ip", "--listen", s.ProxyURL()[len("http://"):])
+	}
 	return append(args, s.cfg.DaemonArgs...)
+}
+
+// ProxyURL is where containers reach the proxy in IPMode.
+func (s *Stack) ProxyURL() string {
+	return "http://" + netip.AddrPortFrom(s.Gateway, uint16(s.ProxyPort)).String()
 }
 
 // StartDaemon starts per-docker-roles and waits until /readyz answers 200.
@@ -310,7 +322,10 @@ type Client struct {
 	Network string // default: the stack's network
 	Cmd     []string
 	Env     []string
+	CapAdd  []string
 	Timeout time.Duration // default 60s
+	// Started, if set, receives the container id once it runs.
+	Started func(id string)
 }
 
 // Result is what a client container printed and how it exited.
@@ -345,11 +360,14 @@ func (s *Stack) Run(ctx context.Context, c Client) (Result, error) {
 		"AWS_REGION=" + s.Up.Region,
 		"AWS_DEFAULT_REGION=" + s.Up.Region,
 	}, c.Env...)
+	if s.cfg.IPMode {
+		env = append(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT="+s.ProxyURL()+"/")
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	created, err := s.cli.ContainerCreate(ctx,
 		&container.Config{Image: c.Image, Cmd: c.Cmd, Env: env, Labels: labels},
-		&container.HostConfig{NetworkMode: container.NetworkMode(c.Network)}, nil, nil, c.Name)
+		&container.HostConfig{NetworkMode: container.NetworkMode(c.Network), CapAdd: c.CapAdd}, nil, nil, c.Name)
 	if err != nil {
 		return Result{}, fmt.Errorf("create %s: %w", c.Name, err)
 	}
@@ -362,6 +380,9 @@ func (s *Stack) Run(ctx context.Context, c Client) (Result, error) {
 	waitC, errC := s.cli.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
 	if err := s.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return res, fmt.Errorf("start %s: %w", c.Name, err)
+	}
+	if c.Started != nil {
+		c.Started(created.ID)
 	}
 	select {
 	case w := <-waitC:
