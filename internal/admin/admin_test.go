@@ -21,7 +21,7 @@ func TestEndpoints(t *testing.T) {
 	c.Add(3)
 	var upstreamDown atomic.Bool
 	s := New(reg, map[string]Check{
-		"index":    func(context.Context) error { return nil },
+		"index": func(context.Context) error { return nil },
 		"upstream": func(context.Context) error {
 			if upstreamDown.Load() {
 				return errors.New("connection refused")
