@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -353,7 +355,7 @@ func TestRedirectAndDaemonStates(t *testing.T) {
 		{"attached elsewhere", func(w *world) { w.cfg.CgroupPath = "/sys/fs/cgroup/docker" }, "redirect", Warn, "--cgroup-path resolves to cgroup 4242", 0},
 		{"no permission", func(w *world) {
 			w.deps.readStatus = func(string) (redirect.Status, error) {
-				return redirect.Status{}, fmt.Errorf("open: %w", redirect.ErrPermission)
+				return redirect.Status{}, fmt.Errorf("open map: permission denied: %w", syscall.EPERM)
 			}
 		}, "redirect", Warn, "cannot read the pins", 0},
 		{"redirect off", func(w *world) { w.cfg.Redirect = "off" }, "redirect", Skip, "--redirect=off", 0},
@@ -372,5 +374,34 @@ func TestRedirectAndDaemonStates(t *testing.T) {
 				t.Errorf("exit code %d, want %d", rep.ExitCode(), tc.exitCode)
 			}
 		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestGuardedUpstream: while the daemon runs, the redirect's guard refuses
+// connect() to the helper for everyone but the daemon (EPERM). That is a
+// warning that points at /readyz, not a failure.
+func TestGuardedUpstream(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	up := strings.TrimPrefix(w.cfg.Upstream, "http://")
+	w.deps.UpstreamClient = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.Host == up {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EPERM)}
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	rep := w.run(t)
+	e := expect(t, rep, "upstream", Warn, "operation not permitted", "guard")
+	if !strings.Contains(e.Fix, "/readyz") {
+		t.Errorf("fix %q does not point at /readyz", e.Fix)
+	}
+	expect(t, rep, "sts", Skip, "guarded")
+	expect(t, rep, "daemon", OK, "ready")
+	if rep.ExitCode() != 0 {
+		t.Errorf("exit code %d: a guarded upstream with a ready daemon blocks nothing", rep.ExitCode())
 	}
 }

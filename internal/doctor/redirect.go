@@ -33,7 +33,7 @@ func (s *state) checkRedirect(ctx context.Context) Result {
 		switch {
 		case errors.Is(err, os.ErrNotExist) && attached == 0:
 			return Result{Status: Warn, Detail: fmt.Sprintf("nothing pinned in %s: the redirect is not attached, metadata connections reach 169.254.169.254 untouched", s.cfg.BPFPinDir), Fix: startFix}
-		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES), errors.Is(err, redirect.ErrPermission):
+		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
 			return Result{Status: Warn, Detail: "cannot read the pins: " + err.Error(), Fix: "run the doctor as root to read the redirect's state"}
 		case errors.Is(err, redirect.ErrUnsupported):
 			return Result{Status: Fail, Detail: err.Error(), Fix: "run on Linux, or use --redirect=off"}
