@@ -42,8 +42,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			return doctorCommand(args[1:], stdout, stderr)
 		}
 	}
-	cfg, fs, err := config.Parse("per-docker-roles", args, os.Getenv)
-	fs.SetOutput(stderr)
+	cfg, fs, err := config.ParseTo("per-docker-roles", args, os.Getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -248,10 +250,17 @@ func ApplyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
-// Parse builds a Config from args and the environment.
+// Parse builds a Config from args and the environment; usage and flag
+// errors go to standard error.
 func Parse(name string, args []string, getenv func(string) string) (Config, *flag.FlagSet, error) {
+	return ParseTo(name, args, getenv, os.Stderr)
+}
+
+// ParseTo is Parse with usage and flag errors written to out.
+func ParseTo(name string, args []string, getenv func(string) string, out io.Writer) (Config, *flag.FlagSet, error) {
 	c := Default()
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
 	c.Bind(fs)
 	fs.Usage = func() { Usage(fs) }
 	if err := fs.Parse(args); err != nil {
