@@ -14,13 +14,14 @@ import (
 const (
 	capNetAdmin = 12
 	capSysAdmin = 21
+	capPerfmon  = 38 // Linux 5.8+
 	capBPF      = 39 // Linux 5.8+; before that BPF needs CAP_SYS_ADMIN
 )
 
 // kernel58 is KERNEL_VERSION(5, 8, 0), the first kernel with CAP_BPF.
 const kernel58 = 5<<16 | 8<<8
 
-var capNames = map[int]string{capNetAdmin: "CAP_NET_ADMIN", capSysAdmin: "CAP_SYS_ADMIN", capBPF: "CAP_BPF"}
+var capNames = map[int]string{capNetAdmin: "CAP_NET_ADMIN", capSysAdmin: "CAP_SYS_ADMIN", capPerfmon: "CAP_PERFMON", capBPF: "CAP_BPF"}
 
 // ErrNoCapEff means /proc/<pid>/status has no CapEff line.
 var ErrNoCapEff = errors.New("no CapEff line")
@@ -55,14 +56,14 @@ func hasCap(set uint64, c int) bool { return set&(1<<uint(c)) != 0 }
 // missing capabilities (nil when enough) and a description of what is held.
 func capVerdict(set uint64, kernelCode uint32) (missing []string, held string) {
 	var have []string
-	for _, c := range []int{capBPF, capNetAdmin, capSysAdmin} {
+	for _, c := range []int{capBPF, capNetAdmin, capPerfmon, capSysAdmin} {
 		if hasCap(set, c) {
 			have = append(have, capNames[c])
 		}
 	}
 	held = strings.Join(have, ", ")
 	if held == "" {
-		held = "none of CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"
+		held = "none of CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN"
 	}
 	bpfOK := hasCap(set, capSysAdmin) || (hasCap(set, capBPF) && (kernelCode == 0 || kernelCode >= kernel58))
 	if !bpfOK {
@@ -76,6 +77,12 @@ func capVerdict(set uint64, kernelCode uint32) (missing []string, held string) {
 		// Attaching cgroup sock_addr/sock_ops programs needs CAP_NET_ADMIN;
 		// CAP_SYS_ADMIN implies it for these checks.
 		missing = append(missing, "CAP_NET_ADMIN")
+	}
+	if bpfOK && !hasCap(set, capSysAdmin) && !hasCap(set, capPerfmon) {
+		// Without CAP_PERFMON the verifier applies its Spectre v1 rules
+		// for unprivileged loaders and rejects the connect programs'
+		// pointer selection (scripts/systemd/per-docker-roles.service).
+		missing = append(missing, "CAP_PERFMON")
 	}
 	return missing, held
 }
@@ -95,7 +102,7 @@ func (s *state) checkCaps(context.Context) Result {
 	}
 	if len(missing) > 0 {
 		return Result{Status: Fail, Detail: detail + "; missing " + strings.Join(missing, ", "),
-			Fix: "run as root, or give the process CAP_BPF and CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN; CAP_SYS_ADMIN is also what mounting bpffs needs); or run with --redirect=off"}
+			Fix: "run as root, or give the process CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the packaged unit sets AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON); or run with --redirect=off"}
 	}
 	return ok("%s", detail)
 }

@@ -330,8 +330,8 @@ func (s *state) checkBPFFS(context.Context) Result {
 		return Result{Status: Fail, Detail: "nothing mounted at " + bpffsRoot + ", and without CAP_SYS_ADMIN the daemon cannot mount it",
 			Fix: "mount it at boot: add `bpffs /sys/fs/bpf bpf defaults,mode=700 0 0` to /etc/fstab and run `mount /sys/fs/bpf`"}
 	}
-	return Result{Status: Warn, Detail: "nothing mounted at " + bpffsRoot + " yet; the daemon mounts it at start",
-		Fix: "optional: mount it at boot (`bpffs /sys/fs/bpf bpf defaults,mode=700 0 0` in /etc/fstab) so the pins outlive a daemon that lacks CAP_SYS_ADMIN"}
+	return Result{Status: Warn, Detail: "nothing mounted at " + bpffsRoot + " yet; a daemon run as root mounts it at start, the packaged unit (no CAP_SYS_ADMIN) cannot",
+		Fix: "mount it at boot (systemd does unless masked; else `bpffs /sys/fs/bpf bpf defaults,mode=700 0 0` in /etc/fstab, then `mount /sys/fs/bpf`)"}
 }
 
 // readCaps reads the effective capability set for the checks that need it.

@@ -24,7 +24,7 @@ func TestParseCapEff(t *testing.T) {
 		wantErr  bool
 	}{
 		{"root on 6.x", "Name:\tbash\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n", 0x1ffffffffff, false},
-		{"bpf and net_admin only", "CapEff:\t0000008000001000\n", 1<<39 | 1<<12, false},
+		{"the packaged unit's set", "CapEff:\t000000c000001000\n", 1<<39 | 1<<38 | 1<<12, false},
 		{"unprivileged", "Uid:\t1000\nCapEff:\t0000000000000000\n", 0, false},
 		{"no line", "Name:\tbash\nCapPrm:\t0000000000000000\n", 0, true},
 		{"not hex", "CapEff:\tzz\n", 0, true},
@@ -52,13 +52,14 @@ func TestCapVerdict(t *testing.T) {
 		missing []string
 	}{
 		{"root", 0x1ffffffffff, k618, nil},
-		{"CAP_BPF+CAP_NET_ADMIN", 1<<capBPF | 1<<capNetAdmin, k618, nil},
+		{"CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON (the unit)", 1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon, k618, nil},
+		{"CAP_BPF+CAP_NET_ADMIN without CAP_PERFMON", 1<<capBPF | 1<<capNetAdmin, k618, []string{"CAP_PERFMON"}},
 		{"CAP_SYS_ADMIN alone", 1 << capSysAdmin, k618, nil},
-		{"CAP_BPF without CAP_NET_ADMIN", 1 << capBPF, k618, []string{"CAP_NET_ADMIN"}},
+		{"CAP_BPF without CAP_NET_ADMIN", 1<<capBPF | 1<<capPerfmon, k618, []string{"CAP_NET_ADMIN"}},
 		{"CAP_NET_ADMIN without CAP_BPF", 1 << capNetAdmin, k618, []string{"CAP_BPF (or CAP_SYS_ADMIN)"}},
 		{"nothing", 0, k618, []string{"CAP_BPF (or CAP_SYS_ADMIN)", "CAP_NET_ADMIN"}},
 		{"CAP_BPF on a kernel without it", 1<<capBPF | 1<<capNetAdmin, k54, []string{"CAP_SYS_ADMIN (this kernel predates CAP_BPF)"}},
-		{"CAP_BPF, kernel unknown", 1<<capBPF | 1<<capNetAdmin, 0, nil},
+		{"CAP_BPF, kernel unknown", 1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -190,13 +191,14 @@ func TestKernelChecks(t *testing.T) {
 		}, "cgroup2", Fail, "attach point /sys/fs/cgroup/nope"},
 		{"attach point relative", func(c *config.Config) { c.CgroupPath = "docker" }, nil, "cgroup2", OK, "attach point /sys/fs/cgroup/docker"},
 		{"bpffs mounted", nil, nil, "bpffs", OK, "mounted at /sys/fs/bpf"},
-		{"bpffs missing, daemon mounts it", nil, func(h *hostProbes) { h.mountinfo = mountinfoOf("") }, "bpffs", Warn, "the daemon mounts it"},
+		{"bpffs missing, root mounts it", nil, func(h *hostProbes) { h.mountinfo = mountinfoOf("") }, "bpffs", Warn, "run as root mounts it"},
 		{"bpffs missing, cannot mount", nil, func(h *hostProbes) {
 			h.mountinfo = mountinfoOf("")
-			h.procStatus = statusOf(1<<capBPF | 1<<capNetAdmin)
+			h.procStatus = statusOf(1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon)
 		}, "bpffs", Fail, "without CAP_SYS_ADMIN"},
 		{"pin dir off bpffs", func(c *config.Config) { c.BPFPinDir = "/var/lib/pdr" }, nil, "bpffs", Fail, "not on a bpf filesystem"},
-		{"caps ok", nil, nil, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"},
+		{"caps ok", nil, nil, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN"},
+		{"caps of the packaged unit", nil, func(h *hostProbes) { h.procStatus = statusOf(1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon) }, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"},
 		{"caps missing", nil, func(h *hostProbes) { h.procStatus = statusOf(1 << capNetAdmin) }, "capabilities", Fail, "missing CAP_BPF"},
 		{"caps on an old kernel", nil, func(h *hostProbes) {
 			h.uname = unameOf("5.4.0")
