@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os/exec"
 	"strings"
@@ -137,6 +138,62 @@ func TestRestarts(t *testing.T) {
 			}
 		})
 	}
+	t.Run("restart while containers keep asking", func(t *testing.T) {
+		stop := make(chan struct{})
+		type outcome struct {
+			at time.Time
+			ok bool
+		}
+		results := make(chan outcome, 100)
+		go func() {
+			defer close(results)
+			for i := 0; i < 60; i++ { // bounded: at most 60 containers
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r, err := s.Run(context.Background(), stack.Client{Image: e.goImage, Name: fmt.Sprintf("pdr-e2e-asking-%d", i), Role: "app-reader"})
+				ok := err == nil && r.Exit == 0 && len(r.Lines) > 0 && str(r.Lines[0], "arn") == assumedARN("app-reader", fmt.Sprintf("pdr-e2e-asking-%d", i))
+				if err == nil && r.Exit == 0 && !ok {
+					t.Errorf("wrong identity during restart: %s", r.Stdout)
+				}
+				results <- outcome{time.Now(), ok}
+			}
+		}()
+		time.Sleep(3 * time.Second)
+		refusedBefore := refused(t, s)
+		s.StopDaemon(false)
+		time.Sleep(3 * time.Second)
+		refusedDown := refused(t, s) - refusedBefore
+		if err := s.StartDaemon(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		restarted := time.Now()
+		time.Sleep(8 * time.Second)
+		close(stop)
+		var before, after, failed int
+		for o := range results {
+			switch {
+			case !o.ok:
+				failed++
+			case o.at.Before(restarted):
+				before++
+			default:
+				after++
+			}
+		}
+		// SDK retries often carry a container across the 3 s gap, so the
+		// kernel's refusals are counted rather than failed containers.
+		t.Logf("restart under load: %d containers served before the restart, %d failed, %d served after; %d connections refused by the kernel while the daemon was down",
+			before, failed, after, refusedDown)
+		if refusedDown == 0 {
+			t.Error("no metadata connection was refused while the daemon was down: were the containers asking?")
+		}
+		if after == 0 {
+			t.Error("no container was served after the restart")
+		}
+	})
 	if n := can.hits.Load(); n != 0 {
 		t.Fatalf("%d connections reached 169.254.169.254 unredirected", n)
 	}
