@@ -233,13 +233,7 @@ func (s *state) checkCgroup2(context.Context) Result {
 	if !s.ebpf() {
 		return ok("mounted at %s", mnt)
 	}
-	at := mnt
-	if s.cfg.CgroupPath != "" {
-		at = s.cfg.CgroupPath
-		if !filepath.IsAbs(at) {
-			at = filepath.Join(mnt, at)
-		}
-	}
+	at := s.attachPath(mnt)
 	id, err := h.cgroupID(at)
 	if err != nil {
 		return Result{Status: Fail, Detail: fmt.Sprintf("mounted at %s, but the attach point %s: %v", mnt, at, err),
@@ -250,6 +244,18 @@ func (s *state) checkCgroup2(context.Context) Result {
 			Fix: "point --cgroup-path at a directory under " + mnt}
 	}
 	return ok("mounted at %s; attach point %s (cgroup id %d)", mnt, at, id)
+}
+
+// attachPath is the directory the daemon attaches to: --cgroup-path
+// (relative to the cgroup2 mount unless absolute), else the mount itself.
+func (s *state) attachPath(mnt string) string {
+	if s.cfg.CgroupPath == "" {
+		return mnt
+	}
+	if filepath.IsAbs(s.cfg.CgroupPath) {
+		return filepath.Clean(s.cfg.CgroupPath)
+	}
+	return filepath.Join(mnt, s.cfg.CgroupPath)
 }
 
 // bpffsMounts returns the mount points of bpf filesystems in mountinfo.

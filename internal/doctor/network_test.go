@@ -405,3 +405,48 @@ func TestGuardedUpstream(t *testing.T) {
 		t.Errorf("exit code %d: a guarded upstream with a ready daemon blocks nothing", rep.ExitCode())
 	}
 }
+
+// TestEC2UpstreamThroughLiveRedirect: on EC2 the upstream is the metadata
+// address, which a live redirect sends to the proxy for every process but
+// the daemon, so the doctor meets the proxy's host-caller policy (404). The
+// transport answers in the proxy's place: nothing dials 169.254.169.254.
+func TestEC2UpstreamThroughLiveRedirect(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		pins   func(string) (redirect.Status, error)
+		want   Status
+		detail string
+		sts    string
+	}{
+		{"redirect live", attachedPins(9910), Warn, "reached the proxy", "guarded"},
+		{"no redirect", noPins, Fail, "404", "no base credentials"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t)
+			w.cfg.Upstream = "http://169.254.169.254"
+			w.deps.readStatus = tc.pins
+			var metadataRequests int
+			w.deps.UpstreamClient = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				if r.URL.Hostname() != "169.254.169.254" {
+					return http.DefaultTransport.RoundTrip(r)
+				}
+				metadataRequests++
+				rec := httptest.NewRecorder()
+				if r.Method == http.MethodPut {
+					rec.WriteString("token")
+				} else {
+					rec.WriteHeader(http.StatusNotFound) // --host-callers=deny
+				}
+				return rec.Result(), nil
+			})}
+			rep := w.run(t)
+			expect(t, rep, "upstream", tc.want, tc.detail)
+			expect(t, rep, "sts", Skip, tc.sts)
+			if metadataRequests != 2 {
+				t.Errorf("metadata requests = %d, want token PUT + role list", metadataRequests)
+			}
+		})
+	}
+}

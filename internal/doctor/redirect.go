@@ -92,14 +92,7 @@ func (s *state) attachID() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	at := mnt
-	if s.cfg.CgroupPath != "" {
-		at = s.cfg.CgroupPath
-		if !strings.HasPrefix(at, "/") {
-			at = mnt + "/" + at
-		}
-	}
-	return h.cgroupID(at)
+	return h.cgroupID(s.attachPath(mnt))
 }
 
 // checkDaemon asks the running daemon's /readyz, which reflects its own

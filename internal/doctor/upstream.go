@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"syscall"
@@ -151,7 +152,27 @@ func (s *state) checkUpstream(ctx context.Context) Result {
 	return ok("%s", detail)
 }
 
+// metadataUpstream reports whether --upstream is the instance metadata
+// address, which the redirect intercepts for every process but the daemon.
+func (s *state) metadataUpstream() bool {
+	u, err := url.Parse(s.cfg.Upstream)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(u.Hostname())
+	return err == nil && (a == netip.MustParseAddr("169.254.169.254") || a == netip.MustParseAddr("fd00:ec2::254"))
+}
+
 func (s *state) upstreamFailure(ctx context.Context, err error) Result {
+	if s.ebpf() && s.metadataUpstream() {
+		if st, serr := s.deps.readStatus(s.cfg.BPFPinDir); serr == nil && st.Configured() {
+			s.mu.Lock()
+			s.guarded = true
+			s.mu.Unlock()
+			return Result{Status: Warn, Detail: err.Error() + ": the redirect is live, so this process reached the proxy (as a host caller), not EC2's metadata service",
+				Fix: "expected while the daemon runs (only the daemon is exempt from the redirect); the daemon's /readyz reports its own upstream check, shown under \"daemon\" below"}
+		}
+	}
 	const helperFix = "is aws-signing-helper.service running (systemctl status aws-signing-helper; journalctl -u aws-signing-helper)? " +
 		"Is --upstream right (the helper's `serve --port`, default 9911; http://169.254.169.254 on EC2)?"
 	switch {
