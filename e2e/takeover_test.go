@@ -150,6 +150,10 @@ func takeOver(t *testing.T, e env, s *stack.Stack, attackerImg, holderImg string
 
 // pinNeighbour makes the host send ip's packets to mac on bridge, as if
 // the attacker had won the ARP race, and removes the entry in t.Cleanup.
+// (Unpinned, the host here usually learns the attacker's MAC anyway, from
+// the attacker's own ARP request that carries the victim's address as
+// sender; the pin makes the outcome independent of that timing and of any
+// entry the host already had for the victim.)
 func pinNeighbour(t *testing.T, ip netip.Addr, mac, bridge string) {
 	t.Helper()
 	args := []string{"neigh", "replace", ip.String(), "lladdr", mac, "dev", bridge, "nud", "permanent"}
