@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/per-docker-roles/per-docker-roles/internal/config"
 	"github.com/per-docker-roles/per-docker-roles/internal/doctor"
 )
 
@@ -19,18 +15,9 @@ import (
 // (so it sees what the daemon would) and prints the checklist. Exit code 1
 // when a check failed, 2 for usage errors.
 func doctorCommand(args []string, stdout, stderr io.Writer) int {
-	cfg, fs, err := config.Parse("per-docker-roles doctor", args, os.Getenv)
-	fs.SetOutput(stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "per-docker-roles doctor: %v\n", err)
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "per-docker-roles doctor: unexpected argument %q (takes the daemon's flags)\n", fs.Arg(0))
-		return 2
+	cfg, code, ok := parseFlags("per-docker-roles doctor", args, stderr)
+	if !ok {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

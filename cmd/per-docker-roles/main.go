@@ -42,17 +42,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 			return doctorCommand(args[1:], stdout, stderr)
 		}
 	}
-	cfg, fs, err := config.ParseTo("per-docker-roles", args, os.Getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "per-docker-roles: %v\n", err)
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "per-docker-roles: unexpected argument %q (see --help)\n", fs.Arg(0))
-		return 2
+	cfg, code, ok := parseFlags("per-docker-roles", args, stderr)
+	if !ok {
+		return code
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "per-docker-roles: %v\n", err)
@@ -65,4 +57,23 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// parseFlags parses the daemon's flags and PDR_* environment for the
+// command name; when ok is false the process exits with code (0 after
+// --help, 2 for usage errors, already reported on stderr).
+func parseFlags(name string, args []string, stderr io.Writer) (cfg config.Config, code int, ok bool) {
+	cfg, fs, err := config.ParseTo(name, args, os.Getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return cfg, 0, false
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return cfg, 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (see --help)\n", name, fs.Arg(0))
+		return cfg, 2, false
+	}
+	return cfg, 0, true
 }
