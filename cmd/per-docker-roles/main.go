@@ -63,7 +63,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 // command name; when ok is false the process exits with code (0 after
 // --help, 2 for usage errors, already reported on stderr).
 func parseFlags(name string, args []string, stderr io.Writer) (cfg config.Config, code int, ok bool) {
-	cfg, fs, err := config.ParseTo(name, args, os.Getenv, stderr)
+	cfg, fs, err := config.Parse(name, args, os.Getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return cfg, 0, false
 	}

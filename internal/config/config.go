@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -251,13 +250,8 @@ func ApplyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 }
 
 // Parse builds a Config from args and the environment; usage and flag
-// errors go to standard error.
-func Parse(name string, args []string, getenv func(string) string) (Config, *flag.FlagSet, error) {
-	return ParseTo(name, args, getenv, os.Stderr)
-}
-
-// ParseTo is Parse with usage and flag errors written to out.
-func ParseTo(name string, args []string, getenv func(string) string, out io.Writer) (Config, *flag.FlagSet, error) {
+// errors are written to out.
+func Parse(name string, args []string, getenv func(string) string, out io.Writer) (Config, *flag.FlagSet, error) {
 	c := Default()
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)

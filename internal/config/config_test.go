@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -67,7 +68,7 @@ func TestParseFlagsAndEnv(t *testing.T) {
 		"PDR_ALLOWED_ROLES": "arn:aws:iam::1:role/a*, arn:aws:iam::1:role/b",
 		"PDR_REGION":        "eu-west-1", // overridden by the flag below
 	}
-	c, _, err := Parse("pdr", []string{"--region", "us-west-2", "--redirect=off"}, func(k string) string { return env[k] })
+	c, _, err := Parse("pdr", []string{"--region", "us-west-2", "--redirect=off"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestParseRejectsBadEnv(t *testing.T) {
 			return "forever"
 		}
 		return ""
-	})
+	}, io.Discard)
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "PDR_SESSION_DURATION") {
 		t.Fatalf("err = %v", err)
 	}
@@ -100,7 +101,7 @@ func TestParseRejectsBadEnv(t *testing.T) {
 
 func TestUsageListsEveryFlagWithEnv(t *testing.T) {
 	t.Parallel()
-	_, fs, err := Parse("pdr", nil, func(string) string { return "" })
+	_, fs, err := Parse("pdr", nil, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestReferenceDocumentsEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, fs, err := Parse("pdr", nil, func(string) string { return "" })
+	_, fs, err := Parse("pdr", nil, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
