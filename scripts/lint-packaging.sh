@@ -14,7 +14,7 @@ cd "$root"
 
 # Highest accepted `systemd-analyze security` exposure, x10 (the --threshold
 # scale). Lower them when a unit gets tighter; never raise them silently.
-declare -A max_exposure=([per-docker-roles.service]=19 [aws-signing-helper.service]=11)
+declare -A max_exposure=([per-docker-roles.service]=19 [aws-signing-helper.service]=11 [per-docker-roles-pin-dir.service]=14)
 
 missing=()
 for tool in go shellcheck systemd-analyze systemd-sysusers ansible-playbook ansible-lint; do
@@ -35,13 +35,13 @@ step "actionlint"
 go run github.com/rhysd/actionlint/cmd/actionlint@v1.7.12 -no-color || bad "actionlint"
 
 step "shellcheck"
-shellcheck scripts/release.sh scripts/test-arm64.sh scripts/test-ansible.sh scripts/lint-packaging.sh || bad "shellcheck"
+shellcheck scripts/release.sh scripts/test-arm64.sh scripts/test-ansible.sh scripts/lint-packaging.sh scripts/systemd/test-units.sh || bad "shellcheck"
 
 # systemd-analyze verify checks that every ExecStart binary exists, so the
 # units are verified inside a scratch root holding the stock unit files
 # (for sysinit.target and friends) and placeholder binaries.
 step "systemd-analyze verify"
-units=(per-docker-roles.service aws-signing-helper.service)
+units=(per-docker-roles.service per-docker-roles-pin-dir.service aws-signing-helper.service)
 sroot="$tmp/root"
 mkdir -p "$sroot/etc/systemd/system" "$sroot/usr/lib/systemd" "$sroot/usr/local/bin" "$sroot/usr/bin"
 cp -a /usr/lib/systemd/system "$sroot/usr/lib/systemd/"

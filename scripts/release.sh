@@ -30,7 +30,8 @@ fileversion=${version#v}
 
 ldflags="-s -w -X main.version=$version -X main.commit=$commit -X main.date=$date"
 files=(LICENSE README.md)
-units=(scripts/systemd/per-docker-roles.service scripts/systemd/aws-signing-helper.service
+units=(scripts/systemd/per-docker-roles.service scripts/systemd/per-docker-roles-pin-dir.service
+       scripts/systemd/aws-signing-helper.service
        scripts/systemd/per-docker-roles.env scripts/systemd/aws-signing-helper.env
        scripts/systemd/per-docker-roles.sysusers.conf)
 docs=()

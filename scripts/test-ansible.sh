@@ -123,6 +123,7 @@ check_file /usr/local/bin/per-docker-roles root root 755
 check_file /usr/local/bin/aws_signing_helper root root 755
 check_file /etc/systemd/system/per-docker-roles.service root root 644
 check_file /etc/systemd/system/aws-signing-helper.service root root 644
+check_file /etc/systemd/system/per-docker-roles-pin-dir.service root root 644
 check_file /etc/per-docker-roles/per-docker-roles.env root daemon 640
 check_file /etc/aws-signing-helper/aws-signing-helper.env root nogroup 640
 check_file /etc/aws-signing-helper/certificate.pem nobody nogroup 400
@@ -134,7 +135,7 @@ case $got in *"v$version"*) ok "installed daemon runs: $got" ;; *) fail "install
 [ "$(sha256sum < "$scratch/usr/local/bin/aws_signing_helper" | cut -d' ' -f1)" = "$ash_sha" ] || fail "installed helper differs from the served one"
 "$scratch/usr/local/bin/aws_signing_helper" version >/dev/null || fail "installed aws_signing_helper does not run"
 ok "installed aws_signing_helper runs"
-for u in per-docker-roles.service aws-signing-helper.service; do
+for u in per-docker-roles.service per-docker-roles-pin-dir.service aws-signing-helper.service; do
   cmp -s "scripts/systemd/$u" "$scratch/etc/systemd/system/$u" || fail "$u differs from scripts/systemd/$u"
 done
 ok "units match scripts/systemd"
@@ -142,7 +143,7 @@ printf '%s\n' "$key" | cmp -s - "$scratch/etc/aws-signing-helper/private-key.pem
 env_file="$scratch/etc/per-docker-roles/per-docker-roles.env"
 for want in PDR_UPSTREAM=http://127.0.0.1:9911 PDR_REGION=eu-west-1 \
             'PDR_ALLOWED_ROLES=arn:aws:iam::123456789012:role/app-*' PDR_LOG_FORMAT=console \
-            PDR_BPF_PIN_DIR=/sys/fs/bpf/per-docker-roles; do
+            PDR_REDIRECT=ebpf; do
   grep -qxF "$want" "$env_file" || fail "per-docker-roles.env lacks '$want': $(cat "$env_file")"
 done
 grep -qxF 'ASH_PORT=9911' "$scratch/etc/aws-signing-helper/aws-signing-helper.env" || fail "aws-signing-helper.env lacks ASH_PORT"
