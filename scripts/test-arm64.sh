@@ -4,7 +4,10 @@
 # version, and the unit tests of ./internal/... pass when cross-compiled for
 # arm64 and run under qemu.
 #
-# usage: scripts/test-arm64.sh [PACKAGES...]   (default: ./internal/...)
+# usage: scripts/test-arm64.sh [PACKAGES...]
+#   default: ./internal/... except internal/testenv, whose own tests build
+#   and run host tools (the real aws_signing_helper, with cgo) rather than
+#   test our code on arm64.
 #
 # The tests run as the unprivileged user nobody with PDR_REQUIRE_PRIVILEGED
 # unset, so tests that need root (real eBPF, dockerd, network namespaces)
@@ -46,11 +49,14 @@ cp "\$1" "\$bin/test"
 chmod 0755 "\$bin/test"
 shift
 exec "$setpriv" --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all --bounding-set=-all \\
-  env HOME="$tmp" TMPDIR="$tmp" "$qemu" "\$bin/test" "\$@"
+  env -u GOOS -u GOARCH -u CGO_ENABLED HOME="$tmp" TMPDIR="$tmp" "$qemu" "\$bin/test" "\$@"
 WRAP
 chmod 0755 "$tmp/exec"
 chmod 1777 "$tmp"
 
-if [ $# -eq 0 ]; then set -- ./internal/...; fi
+if [ $# -eq 0 ]; then
+  mapfile -t pkgs < <(go list ./internal/... | grep -vx 'github.com/per-docker-roles/per-docker-roles/internal/testenv')
+  set -- "${pkgs[@]}"
+fi
 env -u PDR_REQUIRE_PRIVILEGED CGO_ENABLED=0 GOOS=linux GOARCH=arm64 \
   go test -short -count=1 -exec "$tmp/exec" "$@"
