@@ -35,7 +35,7 @@ units=(scripts/systemd/per-docker-roles.service scripts/systemd/per-docker-roles
        scripts/systemd/per-docker-roles.env scripts/systemd/aws-signing-helper.env
        scripts/systemd/per-docker-roles.sysusers.conf)
 docs=()
-for d in docs/install.md docs/systemd.md docs/upgrading.md docs/security.md; do
+for d in docs/install.md docs/systemd.md docs/upgrading.md docs/security.md docs/configuration.md docs/troubleshooting.md; do
   [ -f "$d" ] && docs+=("$d")
 done
 
