@@ -23,6 +23,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 [ "$(id -u)" = 0 ] || { echo "test-units: needs root" >&2; exit 1; }
 command -v systemd-nspawn >/dev/null || { echo "test-units: systemd-nspawn missing (apt-get install systemd-container)" >&2; exit 1; }
+for tool in capsh openssl setpriv nsenter findmnt go; do
+  command -v "$tool" >/dev/null || { echo "test-units: $tool missing (Debian: libcap2-bin, openssl, util-linux, golang)" >&2; exit 1; }
+done
+[ -S /run/docker.sock ] || { echo "test-units: no dockerd socket at /run/docker.sock (the daemon's index needs one)" >&2; exit 1; }
 start=$(date +%s)
 
 # Highest accepted exposure of the running units (x10), as in lint-packaging.sh.
