@@ -8,7 +8,7 @@ DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test unit e2e lint generate generate-check demo release bench clean
+.PHONY: all build test unit e2e packaging-test lint generate generate-check demo release bench clean
 
 all: build
 
@@ -17,14 +17,19 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/fakeaws ./cmd/fakeaws
 
 # Everything: unit and privileged integration tests (real kernel, real
-# dockerd, real aws_signing_helper), then the end-to-end scenarios.
-test: unit e2e
+# dockerd, real aws_signing_helper), the end-to-end scenarios, and the
+# shipped artefacts (Ansible role into a scratch root, arm64 under qemu).
+test: unit e2e packaging-test
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 e2e: build
 	./scripts/e2e.sh
+
+packaging-test:
+	./scripts/test-ansible.sh
+	./scripts/test-arm64.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
