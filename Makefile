@@ -34,7 +34,9 @@ packaging-test:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags e2e ./e2e/
 	./scripts/lint-packaging.sh
 
 # Regenerate the BPF objects and Go bindings (needs clang).
