@@ -323,7 +323,11 @@ type Client struct {
 	Cmd     []string
 	Env     []string
 	CapAdd  []string
-	Timeout time.Duration // default 60s
+	// CgroupnsPrivate gives the container its own cgroup namespace (the
+	// default on cgroup v1 hosts is the host's), so a cgroup2 mount inside
+	// it shows only the container's own subtree.
+	CgroupnsPrivate bool
+	Timeout         time.Duration // default 60s
 	// Started, if set, receives the container id once it runs.
 	Started func(id string)
 }
@@ -365,9 +369,12 @@ func (s *Stack) Run(ctx context.Context, c Client) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
+	hc := &container.HostConfig{NetworkMode: container.NetworkMode(c.Network), CapAdd: c.CapAdd}
+	if c.CgroupnsPrivate {
+		hc.CgroupnsMode = container.CgroupnsModePrivate
+	}
 	created, err := s.cli.ContainerCreate(ctx,
-		&container.Config{Image: c.Image, Cmd: c.Cmd, Env: env, Labels: labels},
-		&container.HostConfig{NetworkMode: container.NetworkMode(c.Network), CapAdd: c.CapAdd}, nil, nil, c.Name)
+		&container.Config{Image: c.Image, Cmd: c.Cmd, Env: env, Labels: labels}, hc, nil, nil, c.Name)
 	if err != nil {
 		return Result{}, fmt.Errorf("create %s: %w", c.Name, err)
 	}
