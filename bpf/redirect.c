@@ -236,6 +236,28 @@ static __always_inline int remember(void *ctx, __u64 cgroup_id, __u64 netns,
 	return bpf_map_update_elem(&pdr_socks, &cookie, &rec, BPF_ANY);
 }
 
+// Loads both candidates at constant offsets and selects on scalars: a
+// pointer chosen by a branch into a map value is "pointer arithmetic from
+// different paths", which the verifier forbids without CAP_PERFMON.
+static __always_inline void target4_of(struct pdr_config *cfg, int host, __be32 *addr, __be16 *port)
+{
+	__be32 ha = cfg->host4.addr, na = cfg->ns4.addr;
+	__be16 hp = cfg->host4.port, np = cfg->ns4.port;
+	*addr = host ? ha : na;
+	*port = host ? hp : np;
+}
+
+static __always_inline void target6_of(struct pdr_config *cfg, int host, struct pdr_addr *t)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__be32 h = cfg->host6.addr[i], n = cfg->ns6.addr[i];
+		t->addr[i] = host ? h : n;
+	}
+	__be16 hp = cfg->host6.port, np = cfg->ns6.port;
+	t->port = host ? hp : np;
+}
+
 SEC("cgroup/connect4")
 int pdr_connect4(struct bpf_sock_addr *ctx)
 {
@@ -272,9 +294,9 @@ int pdr_connect4(struct bpf_sock_addr *ctx)
 		goto refuse;
 	__u64 netns = bpf_get_netns_cookie(ctx);
 	int host = cfg->host_netns_cookie != 0 && netns == cfg->host_netns_cookie;
-	struct pdr_target4 *t = host ? &cfg->host4 : &cfg->ns4;
-	__be32 taddr = t->addr;
-	__be16 tport = t->port;
+	__be32 taddr;
+	__be16 tport;
+	target4_of(cfg, host, &taddr, &tport);
 	if (taddr == 0 || tport == 0)
 		goto refuse;
 
@@ -338,19 +360,14 @@ int pdr_connect6(struct bpf_sock_addr *ctx)
 	if (mapped) {
 		// An IPv6 socket dialling ::ffff:169.254.169.254 sends IPv4: send
 		// it to the IPv4 target, IPv4-mapped.
-		struct pdr_target4 *t = host ? &cfg->host4 : &cfg->ns4;
-		__be32 taddr = t->addr;
-		__be16 tport = t->port;
+		__be32 taddr;
+		__be16 tport;
+		target4_of(cfg, host, &taddr, &tport);
 		if (taddr == 0 || tport == 0)
 			goto refuse;
 		set_mapped(&target, taddr, tport);
 	} else {
-		struct pdr_target6 *t = host ? &cfg->host6 : &cfg->ns6;
-		target.addr[0] = t->addr[0];
-		target.addr[1] = t->addr[1];
-		target.addr[2] = t->addr[2];
-		target.addr[3] = t->addr[3];
-		target.port = t->port;
+		target6_of(cfg, host, &target);
 		if (target.port == 0)
 			goto refuse;
 	}
