@@ -78,12 +78,6 @@ func capVerdict(set uint64, kernelCode uint32) (missing []string, held string) {
 		// CAP_SYS_ADMIN implies it for these checks.
 		missing = append(missing, "CAP_NET_ADMIN")
 	}
-	if bpfOK && !hasCap(set, capSysAdmin) && !hasCap(set, capPerfmon) {
-		// Without CAP_PERFMON the verifier applies its Spectre v1 rules
-		// for unprivileged loaders and rejects the connect programs'
-		// pointer selection (scripts/systemd/per-docker-roles.service).
-		missing = append(missing, "CAP_PERFMON")
-	}
 	return missing, held
 }
 
@@ -102,7 +96,7 @@ func (s *state) checkCaps(context.Context) Result {
 	}
 	if len(missing) > 0 {
 		return Result{Status: Fail, Detail: detail + "; missing " + strings.Join(missing, ", "),
-			Fix: "run as root, or give the process CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the packaged unit sets AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON); or run with --redirect=off"}
+			Fix: "run as root, or give the process CAP_BPF and CAP_NET_ADMIN (the packaged unit sets AmbientCapabilities=CAP_BPF CAP_NET_ADMIN); or run with --redirect=off"}
 	}
 	return ok("%s", detail)
 }

@@ -52,8 +52,7 @@ func TestCapVerdict(t *testing.T) {
 		missing []string
 	}{
 		{"root", 0x1ffffffffff, k618, nil},
-		{"CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON (the unit)", 1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon, k618, nil},
-		{"CAP_BPF+CAP_NET_ADMIN without CAP_PERFMON", 1<<capBPF | 1<<capNetAdmin, k618, []string{"CAP_PERFMON"}},
+		{"CAP_BPF+CAP_NET_ADMIN (the unit)", 1<<capBPF | 1<<capNetAdmin, k618, nil},
 		{"CAP_SYS_ADMIN alone", 1 << capSysAdmin, k618, nil},
 		{"CAP_BPF without CAP_NET_ADMIN", 1<<capBPF | 1<<capPerfmon, k618, []string{"CAP_NET_ADMIN"}},
 		{"CAP_NET_ADMIN without CAP_BPF", 1 << capNetAdmin, k618, []string{"CAP_BPF (or CAP_SYS_ADMIN)"}},
@@ -198,7 +197,7 @@ func TestKernelChecks(t *testing.T) {
 		}, "bpffs", Fail, "without CAP_SYS_ADMIN"},
 		{"pin dir off bpffs", func(c *config.Config) { c.BPFPinDir = "/var/lib/pdr" }, nil, "bpffs", Fail, "not on a bpf filesystem"},
 		{"caps ok", nil, nil, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN"},
-		{"caps of the packaged unit", nil, func(h *hostProbes) { h.procStatus = statusOf(1<<capBPF | 1<<capNetAdmin | 1<<capPerfmon) }, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"},
+		{"caps of the packaged unit", nil, func(h *hostProbes) { h.procStatus = statusOf(1<<capBPF | 1<<capNetAdmin) }, "capabilities", OK, "CAP_BPF, CAP_NET_ADMIN"},
 		{"caps missing", nil, func(h *hostProbes) { h.procStatus = statusOf(1 << capNetAdmin) }, "capabilities", Fail, "missing CAP_BPF"},
 		{"caps on an old kernel", nil, func(h *hostProbes) {
 			h.uname = unameOf("5.4.0")
