@@ -30,6 +30,7 @@ e2e: build
 packaging-test:
 	./scripts/test-ansible.sh
 	./scripts/test-arm64.sh
+	./scripts/systemd/test-units.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
