@@ -14,8 +14,14 @@
 //	goclient imds-raw v1 PATH         GET without a token
 //	goclient imds-raw xff PATH        request carrying X-Forwarded-For
 //
-// Environment: STS_ENDPOINT (STS base endpoint), AWS_REGION.
-// Exit status 0 when every call succeeded, 1 otherwise, 2 on bad usage.
+// Environment: STS_ENDPOINT (STS base endpoint), AWS_REGION;
+// PDR_SUBCGROUP=NAME first moves the process into a new sub-cgroup NAME of
+// the container's own cgroup, as a workload that manages its own cgroups
+// would (needs CAP_SYS_ADMIN and a private cgroup namespace), and prints
+// one JSON line to stderr with the sub-cgroup's path and id and the
+// container cgroup's id.
+// Exit status 0 when every call succeeded, 1 otherwise, 2 on bad usage, 3
+// when PDR_SUBCGROUP could not be entered.
 package main
 
 import (
@@ -27,15 +33,19 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/per-docker-roles/per-docker-roles/internal/cgroup"
 )
 
 // callTimeout bounds every network call so a missed redirect fails fast.
@@ -55,7 +65,87 @@ type result struct {
 }
 
 func main() {
+	if sub := os.Getenv("PDR_SUBCGROUP"); sub != "" {
+		rep, err := enterSubcgroup(subcgroupMount, sub)
+		if err != nil {
+			rep.Error = err.Error()
+		}
+		_ = json.NewEncoder(os.Stderr).Encode(rep)
+		if err != nil {
+			os.Exit(3)
+		}
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// subcgroupMount is where PDR_SUBCGROUP mounts cgroup2: a directory of the
+// container's own writable root, because Docker's /sys/fs/cgroup is
+// read-only and, on cgroup v1 hosts, not cgroup2 at all.
+const subcgroupMount = "/pdr-cgroup2"
+
+// cgroup2Magic is CGROUP2_SUPER_MAGIC, the f_type of a cgroup2 mount.
+const cgroup2Magic = 0x63677270
+
+// subcgroupReport is the stderr line PDR_SUBCGROUP prints. The ids are
+// inode numbers of the cgroup2 directories, the same numbers the kernel's
+// bpf_get_current_cgroup_id returns and the daemon logs as cgroup_id.
+type subcgroupReport struct {
+	Path     string `json:"subcgroup"`        // from /proc/self/cgroup, relative to the namespace root
+	ID       uint64 `json:"cgroup_id"`        // the sub-cgroup
+	ParentID uint64 `json:"parent_cgroup_id"` // the namespace root: the container's own cgroup
+	Error    string `json:"error,omitempty"`
+}
+
+// enterSubcgroup mounts cgroup2 at mnt (in a private cgroup namespace its
+// root is the container's cgroup), creates the child name and moves the
+// whole process into it. Writing "0" to cgroup.procs moves the writer's
+// thread group, so every thread of the Go runtime connects from there.
+func enterSubcgroup(mnt, name string) (subcgroupReport, error) {
+	var rep subcgroupReport
+	if err := validSubcgroup(name); err != nil {
+		return rep, err
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &st); err != nil || st.Type != cgroup2Magic {
+		if err := os.MkdirAll(mnt, 0o755); err != nil {
+			return rep, fmt.Errorf("subcgroup: mkdir %s: %w", mnt, err)
+		}
+		if err := syscall.Mount("cgroup2", mnt, "cgroup2", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, ""); err != nil {
+			return rep, fmt.Errorf("subcgroup: mount cgroup2 at %s (needs CAP_SYS_ADMIN): %w", mnt, err)
+		}
+	}
+	dir := filepath.Join(mnt, name)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return rep, fmt.Errorf("subcgroup: mkdir %s: %w", dir, err)
+	}
+	procs := filepath.Join(dir, "cgroup.procs")
+	if err := os.WriteFile(procs, []byte("0"), 0o644); err != nil {
+		return rep, fmt.Errorf("subcgroup: write %s: %w", procs, err)
+	}
+	var err error
+	if rep.ParentID, err = cgroup.ID(mnt); err != nil {
+		return rep, fmt.Errorf("subcgroup: %w", err)
+	}
+	if rep.ID, err = cgroup.ID(dir); err != nil {
+		return rep, fmt.Errorf("subcgroup: %w", err)
+	}
+	// The kernel's view, not ours: the move must show in /proc/self/cgroup.
+	if rep.Path, err = cgroup.ProcPath(os.Getpid()); err != nil {
+		return rep, fmt.Errorf("subcgroup: %w", err)
+	}
+	if rep.Path != "/"+name {
+		return rep, fmt.Errorf("subcgroup: in cgroup %s after moving to /%s (is the cgroup namespace private?)", rep.Path, name)
+	}
+	return rep, nil
+}
+
+// validSubcgroup allows one path element only, so the variable cannot
+// point the move anywhere but a child of the container's cgroup.
+func validSubcgroup(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("subcgroup: %q must be a single directory name", name)
+	}
+	return nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
