@@ -1,37 +1,29 @@
 package testenv
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
-)
 
-// hashLabel is the image label holding the sha256 of the binary inside, so
-// a rebuild is skipped when the image already holds the same binary.
-const hashLabel = "pdr.testenv.binary-sha256"
+	"github.com/per-docker-roles/per-docker-roles/internal/testenv/clientimg"
+)
 
 // buildMu serialises image builds within one test binary: parallel tests
 // asking for the same image then build it once. (Test binaries of other
-// packages may build the same tag concurrently; the engine copes, and both
-// produce the same content.)
+// packages may build the same image concurrently; the engine copes, and
+// both produce the same content.)
 var buildMu sync.Mutex
 
 // BuildOption changes how BuildGoImage behaves.
@@ -46,10 +38,10 @@ type buildOpts struct {
 func RemoveImageAfter() BuildOption { return func(o *buildOpts) { o.remove = true } }
 
 // BuildGoImage builds the Go main package in pkgDir (absolute, or relative
-// to the test's working directory) as a static binary (CGO_ENABLED=0) and
-// wraps it in a FROM scratch image tagged tag, with the binary at /app as
-// the ENTRYPOINT. The build is skipped when tag already holds the same
-// binary (content hash). It returns tag.
+// to the test's working directory) into a FROM scratch image with the
+// static binary as its entrypoint (clientimg.GoPackageImage), in the
+// repository of tag (any ":tag" part is replaced by the content hash, so an
+// unchanged package is not rebuilt). It returns the image reference.
 func BuildGoImage(t testing.TB, cli *client.Client, tag, pkgDir string, opts ...BuildOption) string {
 	t.Helper()
 	var o buildOpts
@@ -58,64 +50,17 @@ func BuildGoImage(t testing.TB, cli *client.Client, tag, pkgDir string, opts ...
 	}
 	buildMu.Lock()
 	defer buildMu.Unlock()
-
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "app")
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", bin, ".")
-	cmd.Dir = pkgDir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkgDir, err, out)
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(data)
-	hash := hex.EncodeToString(sum[:])
-
+	repo, _, _ := strings.Cut(tag, ":")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if o.remove {
-		t.Cleanup(func() { RemoveImage(t, cli, tag) })
-	}
-	if ins, err := cli.ImageInspect(ctx, tag); err == nil && ins.Config != nil && ins.Config.Labels[hashLabel] == hash {
-		return tag
-	}
-
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dockerfile := []byte("FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n")
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{{"Dockerfile", 0o644, dockerfile}, {"app", 0o755, data}} {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0)}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := cli.ImageBuild(ctx, &buf, build.ImageBuildOptions{
-		Tags:        []string{tag},
-		Labels:      map[string]string{hashLabel: hash},
-		Remove:      true,
-		ForceRemove: true,
-		Version:     build.BuilderV1, // the engine here has no BuildKit
-	})
+	im, err := clientimg.GoPackageImage(ctx, cli, repo, pkgDir)
 	if err != nil {
-		t.Fatalf("build image %s: %v", tag, err)
+		t.Fatalf("build image %s from %s: %v", repo, pkgDir, err)
 	}
-	defer resp.Body.Close()
-	if err := readJSONStream(resp.Body); err != nil {
-		t.Fatalf("build image %s: %v", tag, err)
+	if o.remove {
+		t.Cleanup(func() { RemoveImage(t, cli, im.Tag) })
 	}
-	return tag
+	return im.Tag
 }
 
 // readJSONStream drains a build/load progress stream and returns the first

@@ -22,11 +22,13 @@ func TestBuildGoImageCachesByContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Config.Labels[hashLabel]) != 64 {
-		t.Errorf("image lacks its content hash label: %v", a.Config.Labels)
+	if repo, hash, _ := strings.Cut(tag, ":"); repo != NamePrefix+"holder" || len(hash) != 16 {
+		t.Errorf("tag %q is not <repo>:<content hash>", tag)
 	}
 	second := time.Now()
-	HolderImage(t, cli)
+	if again := HolderImage(t, cli); again != tag {
+		t.Errorf("second build tagged %s, first %s", again, tag)
+	}
 	t2 := time.Since(second)
 	b, err := cli.ImageInspect(ctx, tag)
 	if err != nil {
@@ -40,8 +42,7 @@ func TestBuildGoImageCachesByContent(t *testing.T) {
 	// A throwaway tag removed after its test.
 	var tmpTag string
 	t.Run("removed after", func(t *testing.T) {
-		tmpTag = UniqueName(t, "img") + ":1"
-		BuildGoImage(t, cli, tmpTag, sourceDir(t)+"/testdata/holder", RemoveImageAfter())
+		tmpTag = BuildGoImage(t, cli, UniqueName(t, "img"), sourceDir(t)+"/testdata/holder", RemoveImageAfter())
 		if _, err := cli.ImageInspect(ctx, tmpTag); err != nil {
 			t.Fatal(err)
 		}

@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/per-docker-roles/per-docker-roles/internal/fakeaws"
-	"github.com/per-docker-roles/per-docker-roles/internal/testenv"
+	"github.com/per-docker-roles/per-docker-roles/internal/testenv/priv"
 )
 
 const (
@@ -54,7 +54,7 @@ func dockerClient(t *testing.T) *client.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := cli.Ping(ctx); err != nil {
-		testenv.Unsupported(t, "dockerd", err)
+		priv.Unsupported(t, "dockerd", err)
 	}
 	return cli
 }
@@ -182,7 +182,7 @@ func buildImages(t *testing.T, cli *client.Client) (goTag, pyTag string) {
 	g.Go(func() (err error) { pyIm, err = PythonImage(ctx, cli); return err })
 	if err := g.Wait(); err != nil {
 		if errors.Is(err, ErrNoPython) {
-			testenv.Unsupported(t, "Debian python3-boto3", err)
+			priv.Unsupported(t, "Debian python3-boto3", err)
 		}
 		t.Fatalf("build images: %v", err)
 	}
@@ -196,8 +196,8 @@ func buildImages(t *testing.T, cli *client.Client) (goTag, pyTag string) {
 // verifies SigV4 with the keys the IMDS fake issued), both listening on the
 // gateway of a network the test created.
 func TestClientsGetCredentialsThroughIMDSv2(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	testenv.Blackhole(t)
+	priv.RequirePrivileged(t)
+	priv.Blackhole(t)
 	cli := dockerClient(t)
 	goTag, pyTag := buildImages(t, cli)
 	netName, gw := testNetwork(t, cli)
@@ -407,8 +407,8 @@ func tail(s string, n int) string {
 // scenarios use, against the strict IMDS fake: status codes, exit codes,
 // and that credential bodies are printed with secrets redacted.
 func TestGoClientIMDSRaw(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	testenv.Blackhole(t)
+	priv.RequirePrivileged(t)
+	priv.Blackhole(t)
 	cli := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/per-docker-roles/per-docker-roles/internal/testenv"
+	"github.com/per-docker-roles/per-docker-roles/internal/testenv/priv"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -95,7 +95,7 @@ func TestPythonRootfs(t *testing.T) {
 	defer cancel()
 	files, err := PythonRootfs(ctx)
 	if errors.Is(err, ErrNoPython) {
-		testenv.Unsupported(t, "Debian python3-boto3", err)
+		priv.Unsupported(t, "Debian python3-boto3", err)
 	}
 	if err != nil {
 		t.Fatal(err)
