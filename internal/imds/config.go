@@ -34,6 +34,11 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown Serve does when its
 	// context ends (default 5s).
 	ShutdownTimeout time.Duration
+	// MaxConns bounds open connections over all listeners (default 4096).
+	// Past it new connections are closed at once, so a flood from one
+	// container costs bounded memory and SDKs elsewhere fail fast and retry
+	// instead of hanging in the accept queue.
+	MaxConns int
 }
 
 func (c Config) withDefaults() Config {
@@ -46,6 +51,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 5 * time.Second
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 4096
+	}
 	return c
 }
 
@@ -57,7 +65,7 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("imds config: host callers %q: want %q or %q", c.HostCallers, HostDeny, HostBase)
 	}
-	if c.IdentifyTimeout < 0 || c.ShutdownTimeout < 0 {
+	if c.IdentifyTimeout < 0 || c.ShutdownTimeout < 0 || c.MaxConns < 0 {
 		return fmt.Errorf("imds config: negative timeout (identify %s, shutdown %s)", c.IdentifyTimeout, c.ShutdownTimeout)
 	}
 	if c.Tokens.MaxTokens < 0 || c.Tokens.MaxPerCaller < 0 {

@@ -12,6 +12,9 @@ type metrics struct {
 	vend        *prometheus.HistogramVec // cache, outcome
 	cacheHits   prometheus.Counter
 	cacheMisses prometheus.Counter
+	// connsRejected counts connections closed at once because MaxConns
+	// were open.
+	connsRejected prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,8 +37,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pdr_imds_credential_cache_misses_total",
 			Help: "Container credential requests that needed a fresh AssumeRole.",
 		}),
+		connsRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pdr_imds_connections_rejected_total",
+			Help: "Connections closed on accept because the proxy's connection limit was reached.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.vend, m.cacheHits, m.cacheMisses} {
+	for _, c := range []prometheus.Collector{m.requests, m.vend, m.cacheHits, m.cacheMisses, m.connsRejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register imds metrics: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,7 @@ type Server struct {
 	metrics *metrics
 
 	srv        *http.Server
+	conns      chan struct{} // one slot per open connection (Config.MaxConns)
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 }
@@ -74,6 +76,7 @@ func New(cfg Config, deps Deps, log *zap.Logger, reg prometheus.Registerer) (*Se
 		return nil, fmt.Errorf("imds: %w", err)
 	}
 	s := &Server{
+		conns:   make(chan struct{}, cfg.MaxConns),
 		cfg:     cfg,
 		ident:   deps.Identifier,
 		broker:  deps.Broker,
@@ -112,7 +115,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.log.Warn("imds shutdown", zap.Error(err))
 		}
 	})
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(&limitListener{Listener: ln, s: s})
 	if !stop() {
 		<-drained // our own shutdown is under way: return once it is done
 	}
@@ -196,4 +199,40 @@ func (s *Server) identify(r *http.Request) (*connState, error) {
 		err := fmt.Errorf("identify %s: %w", st.peer, r.Context().Err())
 		return &connState{peer: st.peer, local: st.local, err: err}, err
 	}
+}
+
+// limitListener closes connections beyond the server's MaxConns as soon as
+// they are accepted.
+type limitListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.s.conns <- struct{}{}:
+			return &limitedConn{Conn: c, release: func() { <-l.s.conns }}, nil
+		default:
+			l.s.metrics.connsRejected.Inc()
+			_ = c.Close()
+		}
+	}
+}
+
+// limitedConn frees its slot once, on the first Close.
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -664,5 +665,67 @@ func TestTokenFloodOverHTTP(t *testing.T) {
 	}
 	if v := counterValue(t, h.reg, "pdr_imds_tokens_live", nil); v != float64(h.srv.tokens.Len()) {
 		t.Fatalf("live gauge %v, table %d", v, h.srv.tokens.Len())
+	}
+}
+
+// A flood of connections beyond MaxConns is closed at accept; once they go
+// away, a new caller is served again.
+func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{IMDSv1: true, MaxConns: 3}, Deps{Identifier: newFakeIdentifier(), Broker: newFakeBroker(), Now: (&fakeClock{t: t0}).Now}, quietLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = srv.Serve(ctx, ln) }()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(callers["app"].ip)}}
+	var held []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	// The fourth is accepted and closed at once: a read sees EOF, not a hang.
+	extra, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection over the limit: read %d, %v; want EOF or reset", n, err)
+	}
+	extra.Close()
+	if got := counterValue(t, reg, "pdr_imds_connections_rejected_total", nil); got != 1 {
+		t.Errorf("rejected connections = %v, want 1", got)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	// Slots come back when connections close.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", pList)
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err == nil && resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot freed after the held connections closed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
