@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -113,15 +114,13 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.AdminListen); err != nil && c.AdminListen != "" {
 		return bad("--admin-listen %q: want host:port (or empty to disable): %v", c.AdminListen, err)
 	}
-	switch c.Redirect {
-	case "ebpf", "off":
-	default:
-		return bad("--redirect %q: want ebpf or off", c.Redirect)
+	if err := oneOf("redirect", c.Redirect, "ebpf", "off"); err != nil {
+		return err
 	}
-	switch c.Identity {
-	case "", "cgroup", "ip":
-	default:
-		return bad("--identity %q: want cgroup or ip", c.Identity)
+	if c.Identity != "" { // "" picks the default for --redirect
+		if err := oneOf("identity", c.Identity, "cgroup", "ip"); err != nil {
+			return err
+		}
 	}
 	if c.IdentityMode() == "cgroup" && c.Redirect != "ebpf" {
 		return bad("--identity=cgroup needs --redirect=ebpf: only the redirect records which cgroup connected")
@@ -156,27 +155,28 @@ func (c Config) Validate() error {
 	if c.RoleLabel == "" {
 		return bad("--role-label must not be empty")
 	}
-	switch c.HostCallers {
-	case "deny", "base":
-	default:
-		return bad("--host-callers %q: want deny or base", c.HostCallers)
+	if err := oneOf("host-callers", c.HostCallers, "deny", "base"); err != nil {
+		return err
 	}
-	switch c.IMDSv1 {
-	case "deny", "allow":
-	default:
-		return bad("--imdsv1 %q: want deny or allow", c.IMDSv1)
+	if err := oneOf("imdsv1", c.IMDSv1, "deny", "allow"); err != nil {
+		return err
 	}
-	switch c.LogFormat {
-	case "json", "console":
-	default:
-		return bad("--log-format %q: want json or console", c.LogFormat)
+	if err := oneOf("log-format", c.LogFormat, "json", "console"); err != nil {
+		return err
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	if err := oneOf("log-level", c.LogLevel, "debug", "info", "warn", "error"); err != nil {
+		return err
 	}
 	return nil
+}
+
+// oneOf checks that flag name has one of the values want.
+func oneOf(name, v string, want ...string) error {
+	if slices.Contains(want, v) {
+		return nil
+	}
+	list := strings.Join(want[:len(want)-1], ", ") + " or " + want[len(want)-1]
+	return fmt.Errorf("%w: --%s %q: want %s", ErrInvalid, name, v, list)
 }
 
 // EnvName is the environment variable that sets flag name.
