@@ -354,15 +354,28 @@ func (s *Server) target(x *exchange) (target, bool) {
 func (s *Server) base(x *exchange) (roles.Base, string, bool) {
 	arn, err := s.broker.BaseARN(x.r.Context())
 	if err == nil {
+		// The base ARN changes only when the upstream's role does: parse
+		// it once per value, not once per request.
+		if p := s.baseParsed.Load(); p != nil && p.arn == arn {
+			return p.base, p.name, true
+		}
 		var b roles.Base
 		var name string
 		if b, name, err = roles.ParseBaseARN(arn); err == nil {
+			s.baseParsed.Store(&parsedBase{arn: arn, base: b, name: name})
 			return b, name, true
 		}
 	}
 	x.note(zapcore.WarnLevel, "base role unknown", zap.Error(err))
 	x.reply(http.StatusServiceUnavailable, bodyNoBase)
 	return roles.Base{}, "", false
+}
+
+// parsedBase is the last base ARN seen and what ParseBaseARN made of it.
+type parsedBase struct {
+	arn  string
+	base roles.Base
+	name string
 }
 
 // vend serves the credential document and writes the audit line.

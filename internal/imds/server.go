@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,7 +39,9 @@ type Server struct {
 	tokens  *token.Store
 	policy  *roles.Policy
 	started time.Time // iam/info LastUpdated
-	metrics *metrics
+
+	baseParsed atomic.Pointer[parsedBase]
+	metrics    *metrics
 
 	srv        *http.Server
 	conns      chan struct{} // one slot per open connection (Config.MaxConns)
