@@ -100,17 +100,30 @@ func (s *STS) Start(ctx context.Context, addr string) (string, error) {
 	return serveLoopback(ctx, addr, s)
 }
 
-func serveLoopback(ctx context.Context, addr string, h http.Handler) (string, error) {
+// ErrNotLoopback is returned for a listen address outside 127.0.0.0/8 or
+// ::1: the fakes must never be reachable from another machine (DESIGN.md §5).
+var ErrNotLoopback = errors.New("fakes listen on loopback addresses only")
+
+// ListenLoopback listens on addr after checking it is a loopback IP.
+func ListenLoopback(addr string) (net.Listener, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("listen %s: %w", addr, err)
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return "", fmt.Errorf("listen %s: fakes listen on loopback IP addresses only", addr)
+		return nil, fmt.Errorf("listen %s: %w", addr, ErrNotLoopback)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return "", fmt.Errorf("listen %s: %w", addr, err)
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+func serveLoopback(ctx context.Context, addr string, h http.Handler) (string, error) {
+	ln, err := ListenLoopback(addr)
+	if err != nil {
+		return "", err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -20,9 +20,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// ErrNotLoopback is returned for a listen address outside 127.0.0.0/8 or ::1:
-// the fakes must never be reachable from another machine (DESIGN.md §5).
-var ErrNotLoopback = errors.New("fakes listen on loopback addresses only")
+// ErrNotLoopback is fakeaws.ErrNotLoopback: the fakes listen on loopback only.
+var ErrNotLoopback = fakeaws.ErrNotLoopback
 
 // UpstreamConfig describes the fake AWS side and the real helper in front of
 // it. Zero fields get the defaults noted.
@@ -300,7 +299,7 @@ func (u *Upstream) Close() error {
 }
 
 func (u *Upstream) serve(addr string, h http.Handler) (string, error) {
-	ln, err := ListenLoopback(addr)
+	ln, err := fakeaws.ListenLoopback(addr)
 	if err != nil {
 		return "", err
 	}
@@ -308,22 +307,6 @@ func (u *Upstream) serve(addr string, h http.Handler) (string, error) {
 	u.servers = append(u.servers, srv)
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), nil
-}
-
-// ListenLoopback listens on addr after checking it is a loopback IP.
-func ListenLoopback(addr string) (net.Listener, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("listen %s: %w", addr, ErrNotLoopback)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	return ln, nil
 }
 
 // freeLoopbackPort picks a free port below the kernel's ephemeral range
