@@ -92,7 +92,7 @@ func (e env) start(t *testing.T, cfg stack.Config) *stack.Stack {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("daemon log tail:\n%s", tailFile(s.LogPath, 40))
+			t.Logf("daemon log tail:\n%s", s.LogTail(40))
 		}
 		s.Close()
 	})
@@ -122,14 +122,6 @@ func str(m map[string]any, k string) string {
 	return s
 }
 
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // Scenario 1 and 2 share one stack: two roles through both SDKs, no label,
 // and a label outside --allowed-roles.
@@ -175,7 +167,7 @@ func TestRolesPerContainer(t *testing.T) {
 			}
 		}
 		if !found {
-			t.Errorf("no daemon log line names %s and says its role is not allowed; log tail:\n%s", name, tailFile(s.LogPath, 15))
+			t.Errorf("no daemon log line names %s and says its role is not allowed; log tail:\n%s", name, s.LogTail(15))
 		}
 	})
 

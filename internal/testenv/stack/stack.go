@@ -250,14 +250,14 @@ func (s *Stack) StartDaemon(ctx context.Context) error {
 		case <-exited:
 			s.daemon = nil
 			f.Close()
-			return fmt.Errorf("daemon exited during start-up; log tail:\n%s", tail(s.LogPath, 20))
+			return fmt.Errorf("daemon exited during start-up; log tail:\n%s", s.LogTail(20))
 		default:
 		}
 		if err := s.probe(ctx, "/readyz"); err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("daemon not ready after 60s; log tail:\n%s", tail(s.LogPath, 20))
+			return fmt.Errorf("daemon not ready after 60s; log tail:\n%s", s.LogTail(20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -468,8 +468,9 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
+// LogTail returns the last n lines of the daemon's log.
+func (s *Stack) LogTail(n int) string {
+	b, _ := os.ReadFile(s.LogPath)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
