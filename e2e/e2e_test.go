@@ -122,7 +122,6 @@ func str(m map[string]any, k string) string {
 	return s
 }
 
-
 // Scenario 1 and 2 share one stack: two roles through both SDKs, no label,
 // and a label outside --allowed-roles.
 func TestRolesPerContainer(t *testing.T) {
